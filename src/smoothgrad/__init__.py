@@ -1,0 +1,1 @@
+"""SmoothGrad saliency maps for PyTorch models."""
