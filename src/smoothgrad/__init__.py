@@ -1,1 +1,14 @@
-"""SmoothGrad saliency maps for PyTorch models."""
+"""SmoothGrad saliency maps for PyTorch models: seeded, batched, honest about their uncertainty.
+
+Example:
+    >>> import torch, smoothgrad as sg
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    >>> sg.smooth(model, torch.randn(1, 4), samples=10).attribution.shape
+    torch.Size([1, 4])
+"""
+
+from smoothgrad import methods
+from smoothgrad.engine import SmoothResult, smooth
+
+__all__ = ["SmoothResult", "methods", "smooth"]
+__version__ = "0.1.0"

@@ -1,0 +1,225 @@
+"""SmoothGrad: average a base attribution over seeded noisy copies of the input.
+
+Example:
+    >>> import torch, smoothgrad as sg
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    >>> result = sg.smooth(model, torch.randn(2, 4), samples=20, seed=0)
+    >>> result.attribution.shape, result.samples
+    (torch.Size([2, 4]), 20)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from smoothgrad import targets
+from smoothgrad.guard import explaining
+from smoothgrad.methods import BY_NAME, Method
+from smoothgrad.noise import noise_scale, standard_normal
+from smoothgrad.stats import AGGREGATES, RunningMoments
+
+__all__ = ["AUTO_STEP", "SmoothResult", "default_batch_size", "resolve_method", "smooth"]
+
+AUTO_STEP = 10
+"""With `samples="auto"`, convergence is checked after every AUTO_STEP samples."""
+
+
+@dataclass(frozen=True)
+class SmoothResult:
+    """What `smooth` returns. Tensors are shaped like x unless noted.
+
+    attribution: the aggregated map. stderr: its per-element standard error.
+    samples: noisy copies used per example. target: LongTensor (N,) of the explained
+    classes, or None for a callable target. sigma: (N,) absolute noise std per example.
+    flip_rate: (N,) share of noisy copies whose predicted class differs from the target
+    (None for a callable target). aggregate: the aggregation used.
+    """
+
+    attribution: Tensor
+    stderr: Tensor
+    samples: int
+    target: Tensor | None
+    sigma: Tensor
+    flip_rate: Tensor | None
+    aggregate: str
+
+    def relative_error(self) -> Tensor:
+        """‖stderr‖ / ‖attribution‖ per example, shape (N,): how converged each map is."""
+        return _relative_error(self.stderr, self.attribution)
+
+
+def smooth(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    method: str | Method | Any = "gradient",
+    target: int | Tensor | Any | None = None,
+    samples: int | Literal["auto"] = 50,
+    noise: float | None = None,
+    stdev: float | None = None,
+    aggregate: str = "mean",
+    batch_size: int | Literal["auto"] = "auto",
+    seed: int = 0,
+    antithetic: bool = False,
+    tol: float = 0.05,
+    max_samples: int = 500,
+) -> SmoothResult:
+    """SmoothGrad of `method` for the batch `x` (N, ...): the aggregate of M(x + ε_k) over k.
+
+    - noise: σ relative to each example's range, σ = noise · (max − min); 0.15 by default.
+      stdev: an absolute σ instead (Captum's `stdevs`). Not both. σ = 0 gives exactly
+      the base method's attribution (one pass, `samples` = 1).
+    - target: None explains each example's clean argmax (kept for every noisy copy); an
+      int, or N ints, names classes; a callable `output -> (rows,)` gives a custom score.
+    - method: a name in `sg.methods.BY_NAME`, a callable `(model, x, target) -> Tensor`
+      (`functools.partial` for options), or a Captum `Attribution` object.
+    - aggregate: "mean" (SmoothGrad), "abs" (mean |M|), "square" (SmoothGrad², mean M²) or
+      "var" (VarGrad, the unbiased variance over the noisy copies).
+    - samples: noisy copies per example, or "auto": stop once ‖stderr‖/‖attribution‖ ≤ tol
+      for every example of x (checked every AUTO_STEP samples), at most `max_samples`.
+    - seed: noise of sample k depends only on (seed, k) and the example's shape, so results
+      are the same for any `batch_size`, alone or in a batch, run after run.
+    - batch_size: noisy copies per forward/backward pass ("auto": by device); memory grows
+      with it, never with `samples`. antithetic: use noise pairs ε, −ε.
+
+    The model is explained in eval mode with frozen parameters and is restored afterwards.
+    """
+    explain = resolve_method(method)
+    _check_input(x)
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
+    limit = _check_samples(samples, max_samples, tol, aggregate)
+    if noise is not None and stdev is not None:
+        raise ValueError("give either noise (relative) or stdev (absolute), not both")
+    for name, value in (("noise", noise), ("stdev", stdev)):
+        if value is not None and not (isinstance(value, int | float) and 0 <= value < math.inf):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    rows = default_batch_size(x.device) if batch_size == "auto" else batch_size
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        raise ValueError(f"batch_size must be a positive int or 'auto', got {batch_size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+
+    x = x.detach()
+    with explaining(model), torch.no_grad():
+        resolved = targets.resolve(target, model(x))
+        sigma = noise_scale(x, noise, stdev)
+        if not sigma.any():
+            limit = 1
+        parts = [slice(i, min(i + rows, x.shape[0])) for i in range(0, x.shape[0], rows)]
+        moments = [RunningMoments(x[part].shape, device=x.device, fourth=aggregate in
+                                  ("square", "var")) for part in parts]
+        flips = torch.zeros(x.shape[0], device=x.device)
+        step = max(1, rows // x.shape[0])
+        done = 0
+        while done < limit:
+            boundary = (done // AUTO_STEP + 1) * AUTO_STEP if samples == "auto" else limit
+            count = min(step, boundary - done, limit - done)
+            noise_k = standard_normal(seed, range(done, done + count), x.shape[1:],
+                                      antithetic=antithetic, device=x.device, dtype=x.dtype)
+            for part, stats in zip(parts, moments, strict=True):
+                part_target = resolved if callable(resolved) else resolved[part]
+                flips[part] += _run_chunk(model, explain, x[part], part_target, sigma[part],
+                                          noise_k, stats)
+            done += count
+            if samples == "auto" and done % AUTO_STEP == 0 and all(
+                    bool((_relative_error(m.stderr(aggregate), m.aggregate(aggregate)) <= tol)
+                         .all()) for m in moments):
+                break
+    stderr = torch.cat([m.stderr(aggregate) for m in moments]).to(x.dtype)
+    return SmoothResult(
+        attribution=torch.cat([m.aggregate(aggregate) for m in moments]).to(x.dtype),
+        stderr=stderr if sigma.any() else torch.zeros_like(stderr),
+        samples=done,
+        target=None if callable(resolved) else resolved,
+        sigma=sigma,
+        flip_rate=None if callable(resolved) else flips / done,
+        aggregate=aggregate,
+    )
+
+
+def _run_chunk(
+    model: nn.Module, explain: Method, x: Tensor, target: targets.Target, sigma: Tensor,
+    noise: Tensor, moments: RunningMoments,
+) -> Tensor:
+    """Explain the noisy copies x + σ·noise[k] in one pass; return flips per example."""
+    count, shape = noise.shape[0], x.shape[1:]
+    scale = sigma.view(1, -1, *([1] * len(shape)))
+    batch = (x.unsqueeze(0) + scale * noise.unsqueeze(1)).reshape(-1, *shape)
+    repeated = target if callable(target) else target.repeat(count)
+    with targets.recording_outputs() as recorded:
+        attribution = explain(model, batch, repeated)
+    if not isinstance(attribution, Tensor) or attribution.shape != batch.shape:
+        got = tuple(attribution.shape) if isinstance(attribution, Tensor) else attribution
+        raise ValueError(f"method must return a tensor shaped like its input "
+                         f"{tuple(batch.shape)}, got {got}")
+    moments.update(attribution.detach().reshape(count, *x.shape))
+    if callable(repeated):
+        return torch.zeros(x.shape[0], device=x.device)
+    output = next((o for o in recorded if o.shape[0] == batch.shape[0]), None)
+    if output is None:
+        output = model(batch)
+    flipped: Tensor = (output.argmax(dim=1) != repeated).view(count, -1).sum(dim=0)
+    return flipped.to(x.device).float()
+
+
+def _relative_error(stderr: Tensor, value: Tensor) -> Tensor:
+    flat_err, flat_val = stderr.flatten(1), value.flatten(1)
+    ratio: Tensor = flat_err.norm(dim=1) / flat_val.norm(dim=1).clamp(
+        min=torch.finfo(flat_val.dtype).tiny)
+    return ratio
+
+
+def resolve_method(method: str | Method | Any) -> Method:
+    """A base method from a name, a callable, or a Captum `Attribution` object."""
+    if isinstance(method, str):
+        if method not in BY_NAME:
+            raise ValueError(f"unknown method {method!r}; valid: {', '.join(BY_NAME)}")
+        return BY_NAME[method]
+    attribute: Callable[..., Tensor] | None = getattr(method, "attribute", None)
+    if callable(attribute):
+        return lambda model, x, target: attribute(x, target=target)
+    if callable(method):
+        return method
+    raise TypeError(f"method must be a name, a callable or a Captum Attribution, "
+                    f"not {type(method).__name__}")
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Noisy copies per pass: small chunks are fastest on CPUs, large ones on GPUs."""
+    return {"cuda": 64, "mps": 16}.get(device.type, 8)
+
+
+def _check_input(x: object) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, not {type(x).__name__}")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"x must be a floating-point tensor, got {x.dtype} "
+                        "(convert images with x.float() and the model's preprocessing)")
+    if x.dim() < 2 or x.shape[0] == 0:
+        raise ValueError(f"x must be a non-empty batch shaped (N, ...), got {tuple(x.shape)}; "
+                         "add a batch dimension with x[None]")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or infinite values")
+
+
+def _check_samples(samples: object, max_samples: int, tol: float, aggregate: str) -> int:
+    if samples == "auto":
+        if not (isinstance(tol, int | float) and tol > 0):
+            raise ValueError(f"tol must be a number > 0, got {tol!r}")
+        samples = max_samples
+        name = "max_samples"
+    else:
+        name = "samples"
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"{name} must be a positive int{' or auto' * (name == 'samples')}, "
+                         f"got {samples!r}")
+    if aggregate == "var" and samples < 2:
+        raise ValueError("aggregate 'var' needs samples >= 2")
+    return samples
