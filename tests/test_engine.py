@@ -7,10 +7,10 @@ import copy
 import pytest
 import torch
 from captum.attr import Saliency
-from conftest import ReusedReluCNN, images, seeded
 from torch import Tensor, nn
 
 import smoothgrad as sg
+from conftest import ReusedReluCNN, images, seeded
 from smoothgrad.noise import noise_scale, standard_normal
 
 
@@ -263,7 +263,7 @@ def test_model_left_unchanged_when_the_method_raises(x: Tensor) -> None:
             raise RuntimeError("boom")
         return sg.methods.guided_backprop(model, batch, target)
 
-    with pytest.warns(UserWarning, match="training mode"), pytest.raises(RuntimeError, match="boom"):
+    with pytest.warns(UserWarning, match="training"), pytest.raises(RuntimeError, match="boom"):
         sg.smooth(model, x, method=failing, samples=6, batch_size=2)
     before.assert_same(model)
 

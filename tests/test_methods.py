@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from captum.attr import DeepLift, GuidedBackprop, InputXGradient, IntegratedGradients
-from conftest import ActivationCNN, ReusedReluCNN, SeparateReluCNN, images, seeded
 from torch import Tensor, nn
 
 import smoothgrad as sg
+from conftest import ActivationCNN, ReusedReluCNN, SeparateReluCNN, images, seeded
 
 
 def test_gradient_equals_analytic_gradient() -> None:
