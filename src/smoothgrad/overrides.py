@@ -98,14 +98,14 @@ class _Rescale(torch.autograd.Function):
     """y = f(x) on a batch stacked as [inputs; baselines]; backward uses Δy/Δx per element."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+    def forward(ctx: Any, x: Tensor, fn: Callable[[Tensor], Tensor], inplace: bool) -> Tensor:
         y = fn(x.clone())
         ctx.fn = fn
-        ctx.save_for_backward(x, y)
+        ctx.save_for_backward(x.clone() if inplace else x, y)  # x is overwritten if inplace
         return y
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
         x, y = ctx.saved_tensors
         half = x.shape[0] // 2
         delta_x = (x[:half] - x[half:]).repeat(2, *([1] * (x.dim() - 1)))
@@ -114,7 +114,7 @@ class _Rescale(torch.autograd.Function):
             leaf = x.detach().requires_grad_(True)
             (local,) = torch.autograd.grad(ctx.fn(leaf.clone()), leaf, grad)
         flat = delta_x.abs() < 1e-10
-        return torch.where(flat, local, grad * delta_y / torch.where(flat, 1.0, delta_x)), None
+        return torch.where(flat, local, grad * delta_y / torch.where(flat, 1.0, delta_x)), None, None
 
 
 class _RescaleMode(TorchFunctionMode):
@@ -131,9 +131,10 @@ class _RescaleMode(TorchFunctionMode):
         first = args[0] if args else None
         if (name in RESCALED and isinstance(first, Tensor) and first.requires_grad
                 and first.dim() > 0 and first.shape[0] == self.rows):
-            y = _Rescale.apply(first, lambda t: func(t, *args[1:], **kwargs))  # type: ignore[no-untyped-call]
             inplace = name.endswith("_") or kwargs.get("inplace") is True or (
                 len(args) > 1 and args[-1] is True)
+            y = _Rescale.apply(  # type: ignore[no-untyped-call]
+                first, lambda t: func(t, *args[1:], **kwargs), inplace)
             return first.copy_(y) if inplace else y
         if name in _NOT_RESCALED:
             self.unhandled.add(name)
