@@ -2,13 +2,13 @@
 
 Example:
     >>> import torch, smoothgrad as sg
-    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
     >>> sg.smooth(model, torch.randn(1, 4), samples=10).attribution.shape
     torch.Size([1, 4])
 """
 
-from smoothgrad import methods
+from smoothgrad import images, methods, metrics, models, viz
 from smoothgrad.engine import SmoothResult, smooth
 
-__all__ = ["SmoothResult", "methods", "smooth"]
+__all__ = ["SmoothResult", "images", "methods", "metrics", "models", "smooth", "viz"]
 __version__ = "0.1.0"

@@ -3,6 +3,7 @@
 Example:
     >>> import torch, smoothgrad as sg
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    >>> _ = model.eval()
     >>> result = sg.smooth(model, torch.randn(2, 4), samples=20, seed=0)
     >>> result.attribution.shape, result.samples
     (torch.Size([2, 4]), 20)
@@ -69,6 +70,7 @@ def smooth(
     antithetic: bool = False,
     tol: float = 0.05,
     max_samples: int = 500,
+    progress: Callable[[int], None] | None = None,
 ) -> SmoothResult:
     """SmoothGrad of `method` for the batch `x` (N, ...): the aggregate of M(x + ε_k) over k.
 
@@ -87,6 +89,7 @@ def smooth(
       are the same for any `batch_size`, alone or in a batch, run after run.
     - batch_size: noisy copies per forward/backward pass ("auto": by device); memory grows
       with it, never with `samples`. antithetic: use noise pairs ε, −ε.
+    - progress: called after each pass with the number of samples it added (progress bars).
 
     The model is explained in eval mode with frozen parameters and is restored afterwards.
     """
@@ -128,6 +131,8 @@ def smooth(
                 flips[part] += _run_chunk(model, explain, x[part], part_target, sigma[part],
                                           noise_k, stats)
             done += count
+            if progress is not None:
+                progress(count)
             if samples == "auto" and done % AUTO_STEP == 0 and all(
                     bool((_relative_error(m.stderr(aggregate), m.aggregate(aggregate)) <= tol)
                          .all()) for m in moments):

@@ -2,7 +2,7 @@
 
 Example:
     >>> import torch
-    >>> model = torch.nn.Linear(3, 2)
+    >>> model = torch.nn.Linear(3, 2).eval()
     >>> with explaining(model):
     ...     assert not model.weight.requires_grad
     >>> model.weight.requires_grad
