@@ -290,15 +290,23 @@ def explain_image(model: nn.Module, name: str, image: Image.Image, method: str,
 def method_figure(items: Sequence[Explained], args: argparse.Namespace) -> Any:
     """Input | base method | SmoothGrad + base method, one row per image (tutorial Fig. 4-5)."""
     style = {"activation": args.activation, "skew": args.skew, "percentile": args.percentile}
-    rows = [viz.Row(item.image.resize((224, 224)),
+    rows = [viz.Row(centre_square(item.image),
                     [viz.process(item.plain[0], **style),
                      viz.process(item.smoothed.attribution[0], **style)],
                     f"{item.top5[0][0]} {item.top5[0][1]:.2f}") for item in items]
     title = TITLES[items[0].method]
     smoothed = {"mean": "SmoothGrad", "abs": "SmoothGrad |·|", "square": "SmoothGrad²",
                 "var": "VarGrad"}[items[0].smoothed.aggregate]
-    return viz.comparison_figure(rows, titles=("Input", title, f"{smoothed} + {title}"),
+    return viz.comparison_figure(rows, titles=("Input", title, f"{smoothed} +\n{title}"),
                                  colormap=args.colormap, activation=args.activation)
+
+
+def centre_square(image: Image.Image, size: int = 224) -> Image.Image:
+    """The centre crop ImageNet models see (7/8 of the shorter side), for display."""
+    width, height = image.size
+    side = int(min(width, height) * 224 / 256)
+    left, top = (width - side) // 2, (height - side) // 2
+    return image.crop((left, top, left + side, top + side)).resize((size, size))
 
 
 def describe(item: Explained, target: int | None, labels: Sequence[str]) -> str:
@@ -354,6 +362,8 @@ def labels_of(model: nn.Module) -> list[str]:
 
 
 def load_model(args: argparse.Namespace) -> nn.Module:
+    """The model from --model/--weights/--device; figure options are checked first (cheap)."""
+    viz.colorize(np.zeros((2, 2)), colormap=args.colormap, activation=args.activation)
     device = resolve_device(args.device)
     if args.weights is not None and not args.weights.is_file():
         raise UsageError(f"--weights: no such file '{args.weights}'")
@@ -413,5 +423,3 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -114,7 +114,8 @@ class _Rescale(torch.autograd.Function):
             leaf = x.detach().requires_grad_(True)
             (local,) = torch.autograd.grad(ctx.fn(leaf.clone()), leaf, grad)
         flat = delta_x.abs() < 1e-10
-        return torch.where(flat, local, grad * delta_y / torch.where(flat, 1.0, delta_x)), None, None
+        multiplier = grad * delta_y / torch.where(flat, 1.0, delta_x)
+        return torch.where(flat, local, multiplier), None, None
 
 
 class _RescaleMode(TorchFunctionMode):
