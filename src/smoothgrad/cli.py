@@ -309,11 +309,12 @@ def centre_square(image: Image.Image, size: int = 224) -> Image.Image:
     return image.crop((left, top, left + side, top + side)).resize((size, size))
 
 
-def describe(item: Explained, target: int | None, labels: Sequence[str]) -> str:
-    """The top-5 printout and a line on the smoothed map's uncertainty."""
+def describe(item: Explained, target: int | None, labels: Sequence[str], *,
+             predictions: bool = True) -> str:
+    """The top-5 printout (unless `predictions` is False) and the smoothed map's uncertainty."""
     explained = int(item.smoothed.target[0]) if item.smoothed.target is not None else None
-    lines = [f"{item.name}: top-5"]
-    for rank, (label, probability) in enumerate(item.top5, start=1):
+    lines = [f"{item.name}: top-5" if predictions else f"{item.name}:"]
+    for rank, (label, probability) in enumerate(item.top5 if predictions else [], start=1):
         mark = "  <- explained" if explained is not None and labels[explained] == label else ""
         lines.append(f"  {rank}. {label:<28} {probability:6.3f}{mark}")
     if target is not None and labels[target] not in [label for label, _ in item.top5]:
@@ -416,7 +417,8 @@ def run_demo(args: argparse.Namespace) -> int:
         items = [explain_image(model, name, image, method, None, args)
                  for name, image in loaded.items()]
         for item in items:
-            say(args, describe(item, None, labels_of(model)))
+            say(args, describe(item, None, labels_of(model),
+                               predictions=method == DEMO_METHODS[0]))
         for path in viz.save(method_figure(items, args), args.out / method, ["png"]):
             say(args, f"wrote {path}: Input | {TITLES[method]} | SmoothGrad + {TITLES[method]} "
                       f"for {', '.join(loaded)}")
