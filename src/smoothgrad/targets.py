@@ -22,7 +22,8 @@ ScoreFn = Callable[[Tensor], Tensor]
 Target = Tensor | ScoreFn
 """What a base method receives: a LongTensor of one class per row, or `output -> (rows,)`."""
 
-_recorded: ContextVar[list[Tensor] | None] = ContextVar("smoothgrad_recorded", default=None)
+_recorded: ContextVar[list[tuple[Tensor, Tensor]] | None] = ContextVar(
+    "smoothgrad_recorded", default=None)
 
 
 def score(output: Tensor, target: Target) -> Tensor:
@@ -44,14 +45,14 @@ def forward(model: nn.Module, x: Tensor) -> Tensor:
     output: Tensor = model(x)
     recorded = _recorded.get()
     if recorded is not None:
-        recorded.append(output.detach())
+        recorded.append((x, output.detach()))
     return output
 
 
 @contextmanager
-def recording_outputs() -> Iterator[list[Tensor]]:
-    """Collect the outputs that base methods compute on exactly the rows they were given."""
-    recorded: list[Tensor] = []
+def recording_outputs() -> Iterator[list[tuple[Tensor, Tensor]]]:
+    """Collect the (input, output) pairs of the forward passes that base methods run."""
+    recorded: list[tuple[Tensor, Tensor]] = []
     token = _recorded.set(recorded)
     try:
         yield recorded
