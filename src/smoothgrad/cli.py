@@ -169,6 +169,10 @@ def build_parser() -> Parser:
     add_smoothing_options(demo)
     add_figure_options(demo)
     demo.set_defaults(run=run_demo)
+
+    from smoothgrad import batch  # the batch module builds on this one's helpers
+
+    batch.add_command(commands)
     return parser
 
 

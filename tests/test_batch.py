@@ -1,0 +1,348 @@
+"""`smoothgrad batch`: inputs and output paths, bad images, kill and resume, option changes,
+and two torchrun ranks against one process, bit for bit."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from smoothgrad import images
+from smoothgrad.batch import Source, collect, output_clashes
+from smoothgrad.cli import main
+
+BIN = Path(sys.executable).parent
+SCRIPT, TORCHRUN = BIN / "smoothgrad", BIN / "torchrun"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # same threads per process: exact equality
+
+TINY = '''
+import numpy as np, torch
+from torch import nn
+
+def build(resize=True):
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, 10))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    def preprocess(image):
+        image = image.resize((32, 32)) if resize else image
+        a = np.asarray(image, dtype=np.float32) / 127.5 - 1
+        return torch.from_numpy(a).permute(2, 0, 1)[None].contiguous()
+    return model, preprocess
+
+def any_size():
+    return build(resize=False)
+'''
+
+GOOD = ["a/b.jpg", "a_b.jpg", "a/c.png", "a/deep/d.png", "x.y/z.PNG", "with space.png",
+        "é.png", "e.JPEG", *(f"many/{i:02d}.png" for i in range(16))]
+BAD = {"bad/truncated.jpg": "image file is truncated", "bad/text.jpg": "not an image file",
+       "bad/bomb.png": "possible decompression bomb"}
+IGNORED = ["notes.txt", ".hidden.png", ".cache/e.png"]
+
+
+def picture(seed: int, size: tuple[int, int] = (40, 48)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    colour = rng.integers(0, 256, 3)
+    pixels = np.clip(colour + rng.normal(0, 40, (*size, 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("batch")
+    (root / "tiny.py").write_text(TINY)
+    folder = root / "data"
+    for seed, name in enumerate([*GOOD, *IGNORED[1:]]):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        picture(seed, (40 + seed % 3, 48)).save(folder / name,
+                                                format="JPEG" if "jp" in name.lower() else "PNG")
+    (folder / "bad").mkdir()
+    jpeg = (folder / "a/b.jpg").read_bytes()
+    (folder / "bad/truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (folder / "bad/text.jpg").write_text("not a picture")
+    Image.new("1", (10001, 10001)).save(folder / "bad/bomb.png")  # 12 kB, 100M pixels
+    (folder / "notes.txt").write_text("not an input")
+    return root
+
+
+def command(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["batch", str(data / "data"), "--out", str(out), "--model",
+            f"{data / 'tiny.py'}:build", "--samples", "4", "--figures", *extra]
+
+
+def run(*args: str, launcher: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*(launcher or [str(SCRIPT)]), *args], capture_output=True,
+                          text=True, env=ENV, timeout=300, check=False)
+
+
+@pytest.fixture(scope="module")
+def reference(data: Path) -> Path:
+    """One uninterrupted single-process run: the outputs every other run must equal."""
+    out = data / "reference"
+    done = run(*command(data, out))
+    assert done.returncode == 1, done.stderr  # the bad images failed, the others did not
+    return out
+
+
+def files(out: Path) -> dict[str, bytes]:
+    return {path.relative_to(out).as_posix(): path.read_bytes()
+            for path in sorted(out.rglob("*")) if path.is_file()}
+
+
+def index(out: Path) -> list[dict[str, str]]:
+    with open(out / "index.csv", newline="", encoding="utf-8") as file:
+        return list(csv.DictReader(file))
+
+
+def assert_same_outputs(out: Path, reference: Path) -> None:
+    """Byte-equal arrays, figures, records and index; nothing more, nothing less."""
+    got, want = files(out), files(reference)
+    got.pop("run.json"), want.pop("run.json")
+    assert sorted(got) == sorted(want)
+    different = [name for name in want if got[name] != want[name]]
+    assert different == []
+
+
+# ----------------------------------------------------------------------- inputs, paths
+
+
+def test_folder_keys_keep_structure_and_skip_non_images(data: Path) -> None:
+    sources = collect(str(data / "data"))
+    assert [s.key for s in sources] == sorted([*GOOD, *BAD])
+    assert all(Path(s.path).is_absolute() and Path(s.path).is_file() for s in sources)
+    # a/b.jpg and a_b.jpg cannot collide: the folder structure and full name are kept
+    out = Path("/out")
+    outputs = {s.output(out, "arrays") for s in sources}
+    assert len(outputs) == len(sources)
+    assert out / "arrays/a/b.jpg.npy" in outputs and out / "arrays/a_b.jpg.npy" in outputs
+
+
+def test_lists_and_globs_use_absolute_keys_inside_out(tmp_path: Path) -> None:
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    for name in ("in/sub/x.jpg", "elsewhere/x.jpg", "in/..x.png"):
+        picture(0).save(tmp_path / name)
+    listing = tmp_path / "in" / "list.txt"
+    listing.write_text(f"# comment\n\nsub/x.jpg\n../elsewhere/x.jpg\n{tmp_path}/in/sub/x.jpg\n"
+                       "sub/../..x.png\n  sub/./x.jpg  \n")
+    sources = collect(str(listing))
+    root = tmp_path.as_posix().lstrip("/")
+    assert [s.key for s in sources] == [f"{root}/elsewhere/x.jpg", f"{root}/in/..x.png",
+                                        f"{root}/in/sub/x.jpg"]  # duplicates merged
+    out = tmp_path / "out"
+    for source in sources:
+        path = source.output(out, "arrays")
+        assert ".." not in path.relative_to(out).parts
+        assert os.path.normpath(path).startswith(str(out) + os.sep)
+    globbed = collect(str(tmp_path / "*" / "*.jpg"))
+    assert [s.key for s in globbed] == [f"{root}/elsewhere/x.jpg"]
+    assert collect(str(tmp_path / "in/sub/x.jpg")) == [sources[2]]
+
+
+def test_output_folder_clash_is_detected() -> None:
+    sources = [Source("a/b.jpg", "/d/a/b.jpg"), Source("a/b.jpg.npy/c.png", "/d/a/b.jpg.npy/c.png"),
+               Source("a_b.jpg", "/d/a_b.jpg")]
+    assert list(output_clashes(sources)) == ["a/b.jpg.npy/c.png"]
+
+
+def test_path_traversal_writes_nothing_outside_out(tmp_path: Path, data: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    work = tmp_path / "work"
+    (work / "in").mkdir(parents=True)
+    picture(1).save(tmp_path / "x.jpg")
+    picture(2).save(work / "in" / "y.png")
+    listing = work / "in" / "list.txt"
+    listing.write_text(f"../../x.jpg\n{tmp_path}/x.jpg\ny.png\n../in/./y.png\n")
+    before = {p for p in tmp_path.rglob("*")}
+    out = work / "out"
+    code = main(["batch", str(listing), "--out", str(out), "--model",
+                 f"{data / 'tiny.py'}:build", "--samples", "2", "--workers", "0", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    new = {p for p in tmp_path.rglob("*")} - before
+    assert new and all(p == out or out in p.parents for p in new)
+    rows = index(out)
+    assert [row["path"] for row in rows] == [str(tmp_path / "work/in/y.png"),
+                                             str(tmp_path / "x.jpg")]
+    assert all((out / row["array"]).is_file() for row in rows)
+
+
+def test_images_of_different_shapes_in_one_batch(tmp_path: Path, data: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, size in enumerate([(20, 24), (30, 20), (20, 24)]):
+        picture(i, size).save(folder / f"{i}.png")
+    out = tmp_path / "out"
+    code = main(["batch", str(folder), "--out", str(out), "--model", f"{data / 'tiny.py'}:any_size",
+                 "--samples", "2", "--images-per-batch", "3", "--workers", "0", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    shapes = [np.load(out / "arrays" / f"{i}.png.npy").shape for i in range(3)]
+    assert shapes == [(3, 20, 24), (3, 30, 20), (3, 20, 24)]
+
+
+# ---------------------------------------------------------------- a whole run, bad images
+
+
+def test_run_writes_arrays_figures_and_index(data: Path, reference: Path) -> None:
+    rows = index(reference)
+    assert [row["path"] for row in rows] == [str(data / "data" / key)
+                                             for key in sorted([*GOOD, *BAD])]
+    for row in rows:
+        key = row["path"][len(str(data / "data")) + 1:]
+        if key in BAD:
+            assert row["status"] == "failed" and BAD[key] in row["error"] and not row["array"]
+            assert not (reference / "arrays" / f"{key}.npy").exists()
+            continue
+        assert row["status"] == "ok" and row["error"] == "" and row["samples"] == "4"
+        array = np.load(reference / row["array"])
+        assert row["array"] == f"arrays/{key}.npy"
+        assert array.shape == (3, 32, 32) and array.dtype == np.float32
+        assert np.isfinite(array).all() and np.abs(array).sum() > 0
+        assert 0 < float(row["probability"]) <= 1 and 0 <= float(row["flip_rate"]) <= 1
+        assert row["label"] == f"class {row['target']}"
+        with Image.open(reference / "figures" / f"{key}.png") as png:
+            assert png.size == (32, 32)
+    assert len({row["target"] for row in rows if row["target"]}) > 1  # not a constant model
+    hidden = [name for name in files(reference) if name.rsplit("/", 1)[-1].startswith(".")]
+    assert hidden == [".smoothgrad.lock"]  # no temporary files left
+    manifest = json.loads((reference / "run.json").read_text())
+    assert manifest["options"]["samples"] == 4 and manifest["numerics"]["images_per_batch"] == 2
+
+
+def test_all_good_exits_zero_and_bad_usage_exits_two(tmp_path: Path, data: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--model", f"{data / 'tiny.py'}:build", "--samples", "2", "--workers", "0"]
+    code = main(["batch", str(data / "data" / "a"), "--out", str(tmp_path / "ok"), *base])
+    assert code == 0
+    assert "3 images, 3 explained (0 already done, 3 now), 0 failed" in capsys.readouterr().out
+    for args, message in [
+        ([str(tmp_path / "nowhere")], "no such folder, file or glob"),
+        ([str(tmp_path / "ok" / "arrays" / "*.txt")], "no image files found"),
+        ([str(data / "data"), "--target", "99"], "--target 99 is not a class"),
+    ]:
+        code = main(["batch", *args, "--out", str(tmp_path / "bad"), *base])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and err.count("\n") == 1, err
+        assert not (tmp_path / "bad").exists()
+
+
+# --------------------------------------------------------------------- options and resume
+
+
+def test_changed_options_are_refused_unless_overwrite(tmp_path: Path, data: Path,
+                                                      reference: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    before = files(out)
+    code = main([*command(data, out, "--workers", "0"), "--samples", "3", "--seed", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "samples 4 -> 3; seed 0 -> 1" in err and "--overwrite" in err
+    assert files(out) == before
+    # rounding-only settings (threads, batch size) warn and resume: nothing is left to do
+    code = main([*command(data, out, "--workers", "0", "--batch-size", "4")])
+    assert code == 1 and files(out) == before
+    assert "batch_size 8 -> 4" in capsys.readouterr().err
+    code = main([*command(data, out, "--workers", "0"), "--samples", "2", "--dtype", "float16",
+                 "--overwrite"])
+    captured = capsys.readouterr()
+    assert code == 1 and "discarded the earlier run" in captured.err
+    assert "27 images, 24 explained (0 already done, 24 now), 3 failed" in captured.out
+    assert np.load(out / "arrays" / "a/b.jpg.npy").dtype == np.float16
+    assert json.loads((out / "run.json").read_text())["options"]["samples"] == 2
+
+
+def test_kill_at_random_points_then_resume_gives_identical_outputs(data: Path,
+                                                                   reference: Path) -> None:
+    out = data / "killed"
+    rng = random.Random(7)
+    total = len(GOOD) + len(BAD)
+    kills = 0
+    for attempt in range(4):
+        process = subprocess.Popen([str(SCRIPT), *command(data, out)], env=ENV,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   start_new_session=True)
+        # the first kill lands at a random time (often before any image), the next ones
+        # after a random number of records plus a random few milliseconds
+        deadline = time.monotonic() + (rng.uniform(0.5, 4.0) if attempt == 0 else 120)
+        wanted = rng.randint(1, total - 2) + len(list((out / "records").rglob("*.json"))) \
+            if attempt else total + 1
+        while process.poll() is None and time.monotonic() < deadline:
+            if len(list((out / "records").rglob("*.json"))) >= wanted:
+                time.sleep(rng.uniform(0, 0.05))
+                break
+            time.sleep(0.005)
+        if attempt < 3 and process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            kills += 1
+        process.wait(timeout=300)
+        assert process.stderr is not None
+        error = process.stderr.read()
+        process.stderr.close()
+        if attempt == 3:
+            assert process.returncode == 1, error
+    assert kills >= 2
+    assert_same_outputs(out, reference)
+    assert index(out) == index(reference)
+
+
+def test_two_torchrun_ranks_equal_one_process_bit_for_bit(data: Path, reference: Path) -> None:
+    out = data / "torchrun"
+    launcher = [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "smoothgrad"]
+    done = run(*command(data, out), launcher=launcher)
+    assert done.returncode != 0  # rank 0 exits 1: the bad images failed
+    assert "on 2 processes (cpu)" in done.stdout, done.stderr
+    assert "3 failed" in done.stdout
+    assert_same_outputs(out, reference)
+
+
+def test_default_model_float16_and_figures(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    listing = tmp_path / "photos.txt"
+    listing.write_text("\n".join(str(p) for p in images.sample_images().values()))
+    out = tmp_path / "out"
+    code = main(["batch", str(listing), "--out", str(out), "--samples", "2", "--workers", "1",
+                 "--dtype", "float16", "--figures", "--method", "guided_backprop"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    rows = index(out)
+    assert [Path(row["path"]).name for row in rows] == ["chelsea.jpg", "coffee.jpg"]
+    assert rows[1]["label"] == "espresso" and "cat" in rows[0]["label"]
+    for row in rows:
+        array = np.load(out / row["array"])
+        assert array.shape == (3, 224, 224) and array.dtype == np.float16
+        assert np.isfinite(array).all()
+        figure = out / (row["array"].replace("arrays/", "figures/", 1)[:-4] + ".png")
+        with Image.open(figure) as png:
+            assert png.size == (224, 224)
+    assert "2 images, 2 explained" in captured.out
+
+
+def test_a_locked_out_folder_is_refused(tmp_path: Path, data: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    fcntl = pytest.importorskip("fcntl")
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".smoothgrad.lock", "a") as held:  # as a live rank of another run does
+        fcntl.flock(held, fcntl.LOCK_SH)
+        code = main(["batch", str(data / "data" / "a"), "--out", str(out), "--model",
+                     f"{data / 'tiny.py'}:build", "--samples", "2", "--workers", "0"])
+        err = capsys.readouterr().err
+        assert code == 2 and "in use by another smoothgrad batch run" in err, err
+    assert sorted(p.name for p in out.iterdir()) == [".smoothgrad.lock"]
