@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 import smoothgrad
-from smoothgrad import images, models, viz
+from smoothgrad import evaluation, images, models, viz
 from smoothgrad.engine import SmoothResult, smooth
 from smoothgrad.methods import BY_NAME
 from smoothgrad.stats import AGGREGATES
@@ -47,6 +47,8 @@ EXAMPLES = """examples:
   smoothgrad explain cat.jpg --target "tiger cat" --aggregate square --save png,pdf,npy
   smoothgrad explain cat.jpg --model resnet50 --weights resnet50.pth --device auto
   smoothgrad explain x.png --model mypkg.nets:build   # any nn.Module factory
+  smoothgrad sweep cat.jpg --method guided_backprop   # maps over σ and n, convergence, table
+  smoothgrad evaluate a.jpg b.jpg --json scores.json  # every metric, with and without SmoothGrad
 """
 
 
@@ -133,6 +135,31 @@ def save_arg(text: str) -> list[str]:
     return formats
 
 
+T = TypeVar("T")
+
+
+def list_arg(parse: Callable[[str], T], choices: Sequence[str] | None = None,
+             ) -> Callable[[str], list[T]]:
+    """An argparse type for a comma-separated list, each item parsed (and checked) alike."""
+    def parse_list(text: str) -> list[T]:
+        items = [part.strip() for part in text.split(",") if part.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        unknown = [item for item in items if choices is not None and item not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(
+                f"unknown {', '.join(map(repr, unknown))}; valid: {', '.join(choices or ())}")
+        return [parse(item) for item in items]
+
+    return parse_list
+
+
+def metrics_arg(text: str) -> list[str]:
+    if text.strip() == "all":
+        return list(evaluation.METRICS)
+    return list_arg(str, evaluation.METRICS)(text)
+
+
 # ------------------------------------------------------------------------- parser
 
 
@@ -173,6 +200,59 @@ def build_parser() -> Parser:
     from smoothgrad import batch  # the batch module builds on this one's helpers
 
     batch.add_command(commands)
+
+    sweep = commands.add_parser(
+        "sweep", help="maps over noise level and sample count, convergence plot, metric table",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sweep.add_argument("image", metavar="IMAGE", help="image file to explain")
+    add_model_options(sweep)
+    sweep.add_argument("--method", choices=list(BY_NAME), default="gradient",
+                       help="base attribution method (default: gradient)")
+    sweep.add_argument("--noise", type=list_arg(non_negative_float), metavar="LIST",
+                       default=[0.0, 0.05, 0.1, 0.2, 0.3, 0.5],
+                       help="noise levels of the first row (default: 0,0.05,0.1,0.2,0.3,0.5)")
+    sweep.add_argument("--samples", type=list_arg(positive_int), metavar="LIST",
+                       default=[2, 5, 20, 50, 100],
+                       help="sample counts of the second row (default: 2,5,20,50,100)")
+    sweep.add_argument("--at-noise", type=non_negative_float, default=0.15, metavar="σ",
+                       help="noise level of the samples row (default: 0.15)")
+    sweep.add_argument("--at-samples", type=positive_int, default=50, metavar="N",
+                       help="samples per map of the noise row (default: 50)")
+    sweep.add_argument("--reference-samples", type=positive_int, default=500, metavar="N",
+                       help="samples of the reference map for the convergence plot "
+                            "(default: 500)")
+    sweep.add_argument("--aggregate", choices=AGGREGATES, default="mean",
+                       help="mean (SmoothGrad), abs, square (SmoothGrad²) or var (VarGrad)")
+    add_noise_draw_options(sweep)
+    add_evaluation_options(sweep)
+    sweep.add_argument("--out", type=Path, default=Path("smoothgrad-sweep"),
+                       help="output folder (default: smoothgrad-sweep)")
+    sweep.add_argument("--save", type=list_arg(str, ("png", "svg", "pdf")), default=["png"],
+                       metavar="FORMATS", help="figure formats: png,svg,pdf (default: png)")
+    add_figure_options(sweep)
+    sweep.set_defaults(run=run_sweep)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="every metric for each base method with and without SmoothGrad",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    evaluate.add_argument("images", nargs="+", metavar="IMAGE", help="image files to explain")
+    add_model_options(evaluate)
+    evaluate.add_argument("--methods", type=list_arg(str, list(BY_NAME)), metavar="LIST",
+                          default=list(DEMO_METHODS),
+                          help=f"base methods (default: {','.join(DEMO_METHODS)})")
+    evaluate.add_argument("--aggregates", type=list_arg(str, AGGREGATES), metavar="LIST",
+                          default=["mean", "square", "var"],
+                          help="SmoothGrad aggregates to compare with each plain method "
+                               "(default: mean,square,var)")
+    evaluate.add_argument("--metrics", type=metrics_arg, metavar="LIST|all",
+                          default=list(evaluation.DEFAULT_METRICS),
+                          help=f"some of {','.join(evaluation.METRICS)}, or all (default: the "
+                               "first five; sensitivity costs 10 more maps per variant, "
+                               "randomization 1)")
+    add_smoothing_options(evaluate, aggregate=False)
+    add_evaluation_options(evaluate)
+    evaluate.add_argument("--csv", type=Path, metavar="FILE", help="also write the table as CSV")
+    evaluate.set_defaults(run=run_evaluate)
     return parser
 
 
@@ -186,7 +266,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
-def add_smoothing_options(parser: argparse.ArgumentParser) -> None:
+def add_smoothing_options(parser: argparse.ArgumentParser, *, aggregate: bool = True) -> None:
     parser.add_argument("--samples", type=samples_arg, default=50, metavar="N|auto",
                         help="noisy copies per image, or auto (until --tol) (default: 50)")
     parser.add_argument("--tol", type=positive_float, default=0.05,
@@ -199,12 +279,27 @@ def add_smoothing_options(parser: argparse.ArgumentParser) -> None:
                        help="noise σ as a fraction of each input's value range (default: 0.15)")
     sigma.add_argument("--stdev", type=non_negative_float, default=None,
                        help="absolute noise σ instead of --noise")
-    parser.add_argument("--aggregate", choices=AGGREGATES, default="mean",
-                        help="mean (SmoothGrad), abs, square (SmoothGrad²) or var (VarGrad)")
+    if aggregate:
+        parser.add_argument("--aggregate", choices=AGGREGATES, default="mean",
+                            help="mean (SmoothGrad), abs, square (SmoothGrad²) or var (VarGrad)")
+    add_noise_draw_options(parser)
+
+
+def add_noise_draw_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--antithetic", action="store_true", help="use noise pairs ε, −ε")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="noise seed (default: 0)")
     parser.add_argument("--batch-size", type=batch_size_arg, default="auto", metavar="N|auto",
                         help="noisy copies per forward/backward pass (default: auto)")
+
+
+def add_evaluation_options(parser: argparse.ArgumentParser) -> None:
+    """Options of `sweep` and `evaluate`: target, deletion/insertion steps, JSON output."""
+    parser.add_argument("--target", metavar="INDEX|LABEL",
+                        help="class to explain for every image (default: each prediction)")
+    parser.add_argument("--steps", type=positive_int, default=50,
+                        help="steps of the deletion and insertion curves (default: 50)")
+    parser.add_argument("--json", type=Path, metavar="FILE",
+                        help="also write the settings and the table as JSON")
 
 
 def add_figure_options(parser: argparse.ArgumentParser) -> None:
@@ -357,6 +452,25 @@ def save_array(array: Tensor, path: Path) -> Path:
     return path
 
 
+def save_text(text: str, path: Path) -> Path:
+    """Write UTF-8 text atomically (temporary file in the same folder, then rename)."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def check_output_file(path: Path | None, option: str) -> None:
+    """Refuse an output file whose folder does not exist, before any computation."""
+    if path is not None and not path.parent.is_dir():
+        raise UsageError(f"{option}: no such folder '{path.parent}'")
+
+
 def loaded_model(model: nn.Module) -> Any:
     """`model` with the `preprocess` and `labels` that `models.load` attaches."""
     return model
@@ -368,7 +482,8 @@ def labels_of(model: nn.Module) -> list[str]:
 
 def load_model(args: argparse.Namespace) -> nn.Module:
     """The model from --model/--weights/--device; figure options are checked first (cheap)."""
-    viz.colorize(np.zeros((2, 2)), colormap=args.colormap, activation=args.activation)
+    if hasattr(args, "colormap"):
+        viz.colorize(np.zeros((2, 2)), colormap=args.colormap, activation=args.activation)
     device = resolve_device(args.device)
     if args.weights is not None and not args.weights.is_file():
         raise UsageError(f"--weights: no such file '{args.weights}'")
@@ -429,3 +544,99 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    """`smoothgrad sweep`: the paper's rows of maps over σ and over n, convergence, a table."""
+    if args.reference_samples <= max(args.samples):
+        raise UsageError(f"--reference-samples {args.reference_samples} must exceed the largest "
+                         f"--samples ({max(args.samples)})")
+    if args.aggregate == "var" and min(*args.samples, args.at_samples) < 2:
+        raise UsageError("--aggregate var needs at least 2 samples per map")
+    check_output_file(args.json, "--json")
+    image = images.load(args.image)
+    model = load_model(args)
+    labels = labels_of(model)
+    target = resolve_target(args.target, labels)
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = unique_names([args.image])[0]
+    x = loaded_model(model).preprocess(image)
+    explained = top_k(model, x, labels, 1)[0][0] if target is None else labels[target]
+    smoothed = f"{evaluation.SMOOTHING_NAMES[args.aggregate]} + {TITLES[args.method]}"
+    say(args, f"{name}: {smoothed}, explaining {explained!r}")
+    result = evaluation.sweep(
+        model, x, method=args.method, noises=args.noise, samples=args.samples,
+        at_noise=args.at_noise, at_samples=args.at_samples,
+        reference_samples=args.reference_samples, target=target, steps=args.steps,
+        seed=args.seed, aggregate=args.aggregate, antithetic=args.antithetic,
+        batch_size=args.batch_size, log=lambda line: say(args, f"  {line}"))
+    say(args, evaluation.format_table(result.rows, evaluation.SWEEP_COLUMNS))
+
+    style = {"activation": args.activation, "skew": args.skew, "percentile": args.percentile}
+    colors = {"colormap": args.colormap, "activation": args.activation}
+    picture = centre_square(image)
+    noise_row = viz.row_figure(
+        [picture, *[viz.process(m, **style) for _, m in result.noise_maps]],
+        ["Input", *[f"σ {noise:.0%}" for noise, _ in result.noise_maps]],
+        suptitle=f"{smoothed}, {args.at_samples} samples, by noise level", **colors)
+    samples_row = viz.row_figure(
+        [picture, *[viz.process(m, **style) for _, m in result.sample_maps]],
+        ["Input", *[f"n = {n}" for n, _ in result.sample_maps]],
+        suptitle=f"{smoothed}, σ {args.at_noise:.0%}, by sample count", **colors)
+    rows = [row for row in result.rows if row["row"] == "samples"]
+    convergence = viz.convergence_figure(
+        [row["samples"] for row in rows],
+        {"map vs reference": [row["relative_l2"] for row in rows],
+         "shown map vs reference": [row["processed_l2"] for row in rows],
+         "‖stderr‖ / ‖map‖": [row["relative_error"] for row in rows]},
+        title=f"{name}: {smoothed}\nreference: {args.reference_samples} samples, other seed")
+    stem = f"{name}_{args.method}"
+    written = [*viz.save(noise_row, args.out / f"{stem}_noise", args.save),
+               *viz.save(samples_row, args.out / f"{stem}_samples", args.save),
+               *viz.save(convergence, args.out / f"{stem}_convergence", args.save),
+               save_text(evaluation.to_csv(result.rows, list(evaluation.SWEEP_COLUMNS)),
+                         args.out / f"{stem}_sweep.csv")]
+    if args.json is not None:
+        settings = {"image": args.image, "model": args.model, "method": args.method,
+                    "aggregate": args.aggregate, "target": explained, "seed": args.seed,
+                    "at_noise": args.at_noise, "at_samples": args.at_samples,
+                    "reference_samples": args.reference_samples, "steps": args.steps}
+        written.append(save_text(evaluation.to_json(settings, result.rows), args.json))
+    for path in written:
+        say(args, f"wrote {path}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """`smoothgrad evaluate`: the metric table, plain and smoothed, for every image."""
+    if "var" in args.aggregates and args.samples == 1:
+        raise UsageError("--aggregates var needs --samples >= 2")
+    check_output_file(args.json, "--json")
+    check_output_file(args.csv, "--csv")
+    loaded = [images.load(path) for path in args.images]
+    model = load_model(args)
+    labels = labels_of(model)
+    target = resolve_target(args.target, labels)
+    rows: list[dict[str, Any]] = []
+    for name, image in zip(unique_names(args.images), loaded, strict=True):
+        x = loaded_model(model).preprocess(image)
+        explained = top_k(model, x, labels, 1)[0][0] if target is None else labels[target]
+        say(args, f"{name}: explaining {explained!r}")
+        rows += evaluation.evaluate(
+            model, x, methods=args.methods, aggregates=args.aggregates, metrics=args.metrics,
+            target=target, names=[name], steps=args.steps, samples=args.samples,
+            noise=args.noise, stdev=args.stdev, seed=args.seed, antithetic=args.antithetic,
+            batch_size=args.batch_size, tol=args.tol, max_samples=args.max_samples,
+            log=lambda line: say(args, f"  {line}"))
+    say(args, evaluation.format_table(rows))
+    written = []
+    if args.csv is not None:
+        written.append(save_text(evaluation.to_csv(rows), args.csv))
+    if args.json is not None:
+        settings = {"images": args.images, "model": args.model, "samples": args.samples,
+                    "noise": args.noise, "stdev": args.stdev, "seed": args.seed,
+                    "antithetic": args.antithetic, "steps": args.steps, "metrics": args.metrics}
+        written.append(save_text(evaluation.to_json(settings, rows), args.json))
+    for path in written:
+        say(args, f"wrote {path}")
+    return 0

@@ -1,0 +1,265 @@
+"""`smoothgrad.evaluation` and the `sweep`/`evaluate` commands, against direct metric calls."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+import smoothgrad as sg
+from smoothgrad import evaluation, images, metrics, models, viz
+from smoothgrad.cli import main
+from smoothgrad.methods import gradient, guided_backprop
+
+SCRIPT = Path(sys.executable).with_name("smoothgrad")
+CAT = str(images.sample_path("chelsea"))
+COFFEE = str(images.sample_path("coffee"))
+
+
+def tiny_cnn(seed: int = 0) -> nn.Module:
+    """A small ReLU CNN on 3x16x16 images (SSIM needs 11+ pixels a side)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(),
+                              nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(),
+                              nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, 4))
+    return model.eval()
+
+
+def batch(n: int = 2) -> Tensor:
+    return torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+# --------------------------------------------------------------------------- library
+
+
+def test_evaluate_rows_are_the_metrics_of_the_engine_maps() -> None:
+    model, x = tiny_cnn(), batch()
+    rows = evaluation.evaluate(model, x, methods=["gradient", "guided_backprop"],
+                               aggregates=["mean", "var"], samples=6, noise=0.2, seed=3,
+                               steps=8, names=["a", "b"])
+    assert [(r["image"], r["method"], r["smoothing"]) for r in rows[:6]] == [
+        ("a", "gradient", "none"), ("b", "gradient", "none"), ("a", "gradient", "mean"),
+        ("b", "gradient", "mean"), ("a", "gradient", "var"), ("b", "gradient", "var")]
+    target = model(x).argmax(dim=1)
+    for row in rows:
+        i = "ab".index(row["image"])
+        base = {"gradient": gradient, "guided_backprop": guided_backprop}[row["method"]]
+        if row["smoothing"] == "none":
+            m = base(model, x, target)
+            assert row["samples"] == 1 and row["relative_error"] is None
+        else:
+            result = sg.smooth(model, x, method=base, samples=6, noise=0.2, seed=3,
+                               aggregate=row["smoothing"])
+            m = result.attribution
+            assert row["relative_error"] == pytest.approx(float(result.relative_error()[i]))
+            assert result.flip_rate is not None
+            assert row["flip_rate"] == pytest.approx(float(result.flip_rate[i]))
+        expected = {
+            "total_variation": metrics.total_variation(m),
+            "gini": metrics.gini(m.abs().sum(dim=1)),
+            "deletion_auc": metrics.deletion_auc(model, x, m, target, steps=8, reduce="abs"),
+            "insertion_auc": metrics.insertion_auc(model, x, m, target, steps=8, reduce="abs"),
+            "infidelity": metrics.infidelity(model, x, m, target),
+        }
+        for key, value in expected.items():
+            assert row[key] == pytest.approx(float(value[i]), rel=1e-5, abs=1e-7), key
+
+
+def test_evaluate_sensitivity_and_randomization_columns() -> None:
+    model, x = tiny_cnn(seed=3), batch(1)  # not 0: re-initialising from seed 0 gives it back
+    rows = evaluation.evaluate(model, x, methods=["gradient"], aggregates=["mean"], samples=4,
+                               metrics=["sensitivity", "randomization"], steps=4)
+    plain, smoothed = rows
+    assert plain["sensitivity_max"] == pytest.approx(
+        float(metrics.sensitivity_max(gradient, model, x)[0]), rel=1e-5)
+    assert "sensitivity_floor" not in plain and smoothed["sensitivity_floor"] > 0
+    for row in rows:
+        assert -1 <= row["randomization_spearman"] < 0.9  # a re-initialised model's map differs
+    with pytest.raises(ValueError, match="unknown metrics"):
+        evaluation.evaluate(model, x, metrics=["speed"])
+
+
+def test_grouped_randomization_equals_the_layerwise_check_for_single_layers() -> None:
+    model, x = tiny_cnn(), batch()
+    grouped = evaluation.randomization(gradient, model, x,
+                                       groups={"fc": ["6"], "conv2": ["2"], "conv1": ["0"]})
+    layerwise = metrics.randomization_check(gradient, model, x, layers=["6", "2", "0"])
+    assert [row.layer for row in grouped] == ["original", "fc", "conv2", "conv1", "random map"]
+    for a, b in zip(grouped, layerwise, strict=True):
+        torch.testing.assert_close(a.spearman_abs, b.spearman_abs)
+        torch.testing.assert_close(a.ssim, b.ssim)
+
+
+def test_a_group_resets_all_its_layers_at_once_and_the_model_is_kept() -> None:
+    model, x = tiny_cnn(), batch()
+    before = copy.deepcopy(model.state_dict())
+    seen: list[list[Tensor]] = []
+
+    def recording(m: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+        seen.append([p.detach().clone() for p in m.parameters()])
+        return gradient(m, x, target)
+
+    # seed 0 would redraw tiny_cnn's own initialisation (also from seed 0)
+    rows = evaluation.randomization(recording, model, x, groups={"all": [""]}, seed=5)
+    assert [row.layer for row in rows] == ["original", "all", "random map"]
+    original, randomised = seen[0], seen[-1]
+    assert len(randomised) == len(list(model.parameters()))
+    assert all(not torch.equal(a, b) for a, b in zip(original, randomised, strict=True))
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key])
+    assert not model.training
+    with pytest.raises(ValueError, match="matches no module"):
+        evaluation.randomization(gradient, model, x, groups={"none": ["1"]})  # a ReLU
+
+
+def test_sweep_maps_and_comparisons_come_from_the_engine() -> None:
+    model, x = tiny_cnn(), batch(1)
+    result = evaluation.sweep(model, x, noises=[0.0, 0.3], samples=[2, 5], at_noise=0.2,
+                              at_samples=3, reference_samples=12, seed=4, steps=4)
+    assert [(r["row"], r["noise"], r["samples"]) for r in result.rows] == [
+        ("noise", 0.0, 1), ("noise", 0.3, 3), ("samples", 0.2, 2), ("samples", 0.2, 5)]
+    target = model(x).argmax(dim=1)
+    torch.testing.assert_close(result.noise_maps[0][1], gradient(model, x, target)[0])
+    reference = sg.smooth(model, x, samples=12, noise=0.2, seed=5).attribution
+    torch.testing.assert_close(result.reference.attribution, reference)
+    for (n, m), row in zip(result.sample_maps, result.rows[2:], strict=True):
+        expected = sg.smooth(model, x, samples=n, noise=0.2, seed=4).attribution
+        torch.testing.assert_close(m, expected[0])
+        assert row["relative_l2"] == pytest.approx(float(metrics.relative_l2(expected,
+                                                                             reference)[0]))
+        shown = expected.abs().sum(dim=1), reference.abs().sum(dim=1)
+        assert row["processed_l2"] == pytest.approx(float(metrics.relative_l2(*shown)[0]))
+        assert row["spearman"] == pytest.approx(float(metrics.spearman(*shown)[0]))
+    assert all(r["relative_l2"] is None for r in result.rows[:2])
+    with pytest.raises(ValueError, match="one example"):
+        evaluation.sweep(model, batch(2))
+    with pytest.raises(ValueError, match="must exceed"):
+        evaluation.sweep(model, x, samples=[2, 50], reference_samples=50)
+
+
+def test_tables_render_missing_values() -> None:
+    rows = [{"method": "gradient", "smoothing": "none", "relative_error": None, "gini": 0.25},
+            {"method": "gradient", "smoothing": "mean", "relative_error": 0.5,
+             "gini": float("nan")}]
+    table = evaluation.format_table(rows).splitlines()
+    assert table[0].split() == ["method", "smoothing", "rel.err", "Gini↑"]
+    assert table[1].split() == ["gradient", "none", "–", "0.250"]
+    assert table[2].split() == ["gradient", "mean", "0.500", "–"]
+    parsed = list(csv.DictReader(evaluation.to_csv(rows).splitlines()))
+    assert parsed[0]["relative_error"] == "" and float(parsed[1]["relative_error"]) == 0.5
+    assert json.loads(evaluation.to_json({"n": 2}, rows))["rows"][1]["gini"] is None
+
+
+def test_convergence_figure() -> None:
+    fig = viz.convergence_figure([2, 8, 32], {"a": [1.0, 0.5, 0.25], "b": [None, 0.4, 0.2]},
+                                 tol=0.3)
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert list(lines) == ["a", "b", "∝ 1/√n", "tol 0.3"]
+    assert list(lines["b"].get_xdata()) == [8, 32]
+    assert list(lines["∝ 1/√n"].get_ydata()) == pytest.approx([1.0, 0.5, 0.25])
+    with pytest.raises(ValueError, match="one value per sample count"):
+        viz.convergence_figure([2, 8], {"a": [1.0]})
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=300,
+                          check=False)
+
+
+@pytest.fixture(scope="module")
+def default_model() -> nn.Module:
+    return models.load("efficientnet_lite0")
+
+
+def test_sweep_command(tmp_path: Path, default_model: nn.Module) -> None:
+    out, report = tmp_path / "out", tmp_path / "sweep.json"
+    done = run("sweep", CAT, "--noise", "0,0.1", "--samples", "1,2", "--at-samples", "1",
+               "--reference-samples", "3", "--steps", "2", "--out", str(out), "--json",
+               str(report))
+    assert done.returncode == 0, done.stderr
+    for kind in ("noise", "samples"):
+        with Image.open(out / f"chelsea_gradient_{kind}.png") as png:
+            assert png.size == (750, 250)  # input + two maps, 2.5 in at 100 dpi
+    assert (out / "chelsea_gradient_convergence.png").stat().st_size > 0
+    payload = json.loads(report.read_text())
+    rows = payload["rows"]
+    assert [(r["row"], r["noise"], r["samples"]) for r in rows] == [
+        ("noise", 0.0, 1), ("noise", 0.1, 1), ("samples", 0.15, 1), ("samples", 0.15, 2)]
+    with open(out / "chelsea_gradient_sweep.csv", newline="") as file:
+        assert len(list(csv.DictReader(file))) == 4
+    x = default_model.preprocess(images.load(CAT))
+    reference = sg.smooth(default_model, x, samples=3, seed=1).attribution
+    mine = sg.smooth(default_model, x, samples=2, seed=0).attribution
+    assert rows[3]["relative_l2"] == pytest.approx(
+        float(metrics.relative_l2(mine, reference)[0]), rel=1e-4)
+    assert f"wrote {out / 'chelsea_gradient_noise.png'}" in done.stdout
+
+
+def test_evaluate_command(tmp_path: Path, default_model: nn.Module) -> None:
+    report, table = tmp_path / "scores.json", tmp_path / "scores.csv"
+    done = run("evaluate", CAT, COFFEE, "--methods", "gradient", "--aggregates", "mean",
+               "--metrics", "total_variation,deletion", "--samples", "2", "--steps", "2",
+               "--json", str(report), "--csv", str(table))
+    assert done.returncode == 0, done.stderr
+    assert "chelsea: explaining 'tiger cat'" in done.stdout
+    assert "coffee: explaining 'espresso'" in done.stdout
+    rows = json.loads(report.read_text())["rows"]
+    assert [(r["image"], r["smoothing"], r["samples"]) for r in rows] == [
+        ("chelsea", "none", 1), ("chelsea", "mean", 2), ("coffee", "none", 1),
+        ("coffee", "mean", 2)]
+    with open(table, newline="") as file:
+        assert [r["image"] for r in csv.DictReader(file)] == ["chelsea"] * 2 + ["coffee"] * 2
+    x = default_model.preprocess(images.load(COFFEE))
+    plain = gradient(default_model, x, default_model(x).argmax(dim=1))
+    assert rows[2]["total_variation"] == pytest.approx(
+        float(metrics.total_variation(plain)[0]), rel=1e-4)
+    quiet = run("evaluate", CAT, "--methods", "gradient", "--aggregates", "mean",
+                "--metrics", "gini", "--samples", "2", "--quiet")
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
+
+
+def call(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["sweep", CAT, "--noise", "0,x"], "finite number >= 0"),
+    (["sweep", CAT, "--noise", ","], "comma-separated list"),
+    (["sweep", CAT, "--samples", "2,0"], "positive integer"),
+    (["sweep", CAT, "--samples", "2,600"], "--reference-samples 500 must exceed"),
+    (["sweep", CAT, "--aggregate", "var", "--samples", "1,2"], "at least 2 samples"),
+    (["sweep", CAT, "--save", "png,gif"], "unknown 'gif'"),
+    (["sweep", CAT, CAT], "unrecognized arguments"),
+    (["sweep", CAT, "--json", "nowhere/s.json"], "--json: no such folder 'nowhere'"),
+    (["evaluate", CAT, "--methods", "gradient,smoothgradcam"], "unknown 'smoothgradcam'"),
+    (["evaluate", CAT, "--aggregates", "median"], "unknown 'median'"),
+    (["evaluate", CAT, "--metrics", "speed,gini"], "unknown 'speed'"),
+    (["evaluate", CAT, "--aggregates", "var", "--samples", "1"], "needs --samples >= 2"),
+    (["evaluate", CAT, "--csv", "nowhere/s.csv"], "--csv: no such folder"),
+    (["evaluate", CAT, "--steps", "0"], "positive integer"),
+    (["evaluate", "missing.jpg"], "missing.jpg"),
+])
+def test_bad_arguments(capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str],
+                       message: str) -> None:
+    out = tmp_path / "out"
+    extra = ["--out", str(out)] if args[0] == "sweep" else []
+    code, err = call(capsys, *args, *extra)
+    assert code == 2
+    assert message in err and err.count("\n") == 1, err
+    assert not out.exists()
