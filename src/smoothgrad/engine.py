@@ -12,6 +12,8 @@ Example:
 from __future__ import annotations
 
 import math
+import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -25,7 +27,9 @@ from smoothgrad.methods import BY_NAME, Method
 from smoothgrad.noise import noise_scale, standard_normal
 from smoothgrad.stats import AGGREGATES, RunningMoments
 
-__all__ = ["AUTO_STEP", "SmoothResult", "default_batch_size", "resolve_method", "smooth"]
+__all__ = [
+    "AUTO_STEP", "BatchTuner", "SmoothResult", "default_batch_size", "resolve_method", "smooth",
+]
 
 AUTO_STEP = 10
 """With `samples="auto"`, convergence is checked after every AUTO_STEP samples."""
@@ -71,6 +75,7 @@ def smooth(
     tol: float = 0.05,
     max_samples: int = 500,
     progress: Callable[[int], None] | None = None,
+    fast: bool = False,
 ) -> SmoothResult:
     """SmoothGrad of `method` for the batch `x` (N, ...): the aggregate of M(x + ε_k) over k.
 
@@ -87,8 +92,14 @@ def smooth(
       for every example of x (checked every AUTO_STEP samples), at most `max_samples`.
     - seed: noise of sample k depends only on (seed, k) and the example's shape, so results
       are the same for any `batch_size`, alone or in a batch, run after run.
-    - batch_size: noisy copies per forward/backward pass ("auto": by device); memory grows
-      with it, never with `samples`. antithetic: use noise pairs ε, −ε.
+    - batch_size: noisy copies per forward/backward pass; memory grows with it, never with
+      `samples`. "auto" starts from `default_batch_size(device)` and times the call's own
+      passes to find the fastest size for this model, device, example shape and method,
+      remembered for the process (on CUDA, an out-of-memory pass halves it and is retried).
+      antithetic: use noise pairs ε, −ε.
+    - fast: explain an optimised copy of the model (BatchNorm folded into convolutions,
+      channels-last, bfloat16 on CUDA where its gradients correlate ≥ 0.99 with float32);
+      see `smoothgrad.fast`. The clean prediction (the default target) uses the model itself.
     - progress: called after each pass with the number of samples it added (progress bars).
 
     The model is explained in eval mode with frozen parameters and is restored afterwards.
@@ -103,8 +114,8 @@ def smooth(
     for name, value in (("noise", noise), ("stdev", stdev)):
         if value is not None and not (isinstance(value, int | float) and 0 <= value < math.inf):
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    rows = default_batch_size(x.device) if batch_size == "auto" else batch_size
-    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                 or batch_size < 1):
         raise ValueError(f"batch_size must be a positive int or 'auto', got {batch_size!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
@@ -115,6 +126,21 @@ def smooth(
         sigma = noise_scale(x, noise, stdev)
         if not sigma.any():
             limit = 1
+        runner = model
+        if fast:
+            from smoothgrad.fast import prepare
+            runner = prepare(model, x, resolved)
+        tuner = None
+        if batch_size == "auto":
+            tuner = _tuner(model, method, x, fast)
+            if tuner.cost and limit * x.shape[0] < tuner.rows:
+                tuner.finish()  # calls this size no longer fill a pass at the next size
+            rows = tuner.rows
+            if (x.shape[0] > tuner.least or tuner.finished or samples == "auto"
+                    or limit * x.shape[0] <= rows):
+                tuner = None  # nothing to learn: several parts, done, or no full passes
+        else:
+            rows = batch_size
         parts = [slice(i, min(i + rows, x.shape[0])) for i in range(0, x.shape[0], rows)]
         moments = [RunningMoments(x[part].shape, device=x.device, fourth=aggregate in
                                   ("square", "var")) for part in parts]
@@ -122,14 +148,26 @@ def smooth(
         step = max(1, rows // x.shape[0])
         done = 0
         while done < limit:
+            if tuner is not None:
+                step = max(1, tuner.rows // x.shape[0])
+                started = tuner.clock(x.device)
             boundary = (done // AUTO_STEP + 1) * AUTO_STEP if samples == "auto" else limit
             count = min(step, boundary - done, limit - done)
             noise_k = standard_normal(seed, range(done, done + count), x.shape[1:],
                                       antithetic=antithetic, device=x.device, dtype=x.dtype)
-            for part, stats in zip(parts, moments, strict=True):
-                part_target = resolved if callable(resolved) else resolved[part]
-                flips[part] += _run_chunk(model, explain, x[part], part_target, sigma[part],
-                                          noise_k, stats)
+            try:
+                for part, stats in zip(parts, moments, strict=True):
+                    part_target = resolved if callable(resolved) else resolved[part]
+                    flips[part] += _run_chunk(runner, explain, x[part], part_target,
+                                              sigma[part], noise_k, stats)
+            except torch.cuda.OutOfMemoryError:
+                if tuner is None or step == 1:
+                    raise
+                tuner.out_of_memory(count * x.shape[0])  # one part: nothing was merged yet
+                continue
+            if tuner is not None:
+                tuner.record(step * x.shape[0], count * x.shape[0],
+                             tuner.clock(x.device) - started)
             done += count
             if progress is not None:
                 progress(count)
@@ -198,8 +236,86 @@ def resolve_method(method: str | Method | Any) -> Method:
 
 
 def default_batch_size(device: torch.device) -> int:
-    """Noisy copies per pass: small chunks are fastest on CPUs, large ones on GPUs."""
+    """Rows per pass before tuning: small chunks are fastest on CPUs, large ones on GPUs."""
     return {"cuda": 64, "mps": 16}.get(device.type, 8)
+
+
+_SIZE_RANGE = {"cuda": (16, 1024), "mps": (4, 256)}
+_TUNERS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], BatchTuner]] = (
+    weakref.WeakKeyDictionary())
+
+
+class BatchTuner:
+    """Finds the fastest rows per pass for one (model, device, example shape, method).
+
+    It learns from the passes of real calls, so the search costs no extra work: the first
+    pass warms up, then the size doubles while that makes a row cheaper, else halves while
+    that does; the choice is the smallest size within 3% of the cheapest. A pass that runs
+    out of CUDA memory caps the size at half. The choice is kept for the process; a call too
+    short to finish the search leaves it to the next one.
+    """
+
+    def __init__(self, start: int, least: int, most: int) -> None:
+        self.rows, self.start, self.least, self.most = start, start, least, most
+        self.cost: dict[int, float] = {}
+        self.warm = False
+        self.growing = True
+        self.finished = False
+
+    @staticmethod
+    def clock(device: torch.device) -> float:
+        """Seconds, after waiting for the device's queued work."""
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    def record(self, full: int, rows: int, seconds: float) -> None:
+        """A pass of `rows` rows (`full` for a whole pass at the current size) took `seconds`."""
+        if self.finished or rows < full:
+            return  # a short last pass says little about this size
+        if not self.warm:
+            self.warm = True
+            return
+        self.cost[self.rows] = seconds / rows
+        best = self.best()
+        if self.growing and best == self.rows and self.rows * 2 <= self.most:
+            self.rows *= 2
+            return
+        self.growing = False
+        smaller = best // 2 if best <= self.start else 0  # shrink from the start size only
+        if smaller >= self.least and smaller not in self.cost:
+            self.rows = smaller
+            return
+        self.finish()
+
+    def finish(self) -> None:
+        """Stop searching; keep the best size measured so far."""
+        self.rows, self.finished = self.best(), True
+
+    def best(self) -> int:
+        """The smallest size measured within 3% of the cheapest cost per row."""
+        if not self.cost:
+            return self.rows
+        cheapest = min(self.cost.values())
+        return min(rows for rows, cost in self.cost.items() if cost <= cheapest * 1.03)
+
+    def out_of_memory(self, rows: int) -> None:
+        """A pass of `rows` rows ran out of memory: never try as many again."""
+        self.most = max(self.least, rows // 2)
+        self.growing = False
+        self.rows = self.start = min(self.best(), self.most)
+        self.finished = bool(self.cost)
+        torch.cuda.empty_cache()
+
+
+def _tuner(model: nn.Module, method: object, x: Tensor, fast: bool) -> BatchTuner:
+    key = (x.device, tuple(x.shape[1:]), x.dtype, fast,
+           method if isinstance(method, str) else id(method))
+    tuners = _TUNERS.setdefault(model, {})
+    if key not in tuners:
+        least, most = _SIZE_RANGE.get(x.device.type, (2, 64))
+        tuners[key] = BatchTuner(default_batch_size(x.device), least, most)
+    return tuners[key]
 
 
 def _check_input(x: object) -> None:
