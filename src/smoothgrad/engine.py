@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import weakref
@@ -98,8 +99,9 @@ def smooth(
       remembered for the process (on CUDA, an out-of-memory pass halves it and is retried).
       antithetic: use noise pairs ε, −ε.
     - fast: explain an optimised copy of the model (BatchNorm folded into convolutions,
-      channels-last, bfloat16 on CUDA where its gradients correlate ≥ 0.99 with float32);
-      see `smoothgrad.fast`. The clean prediction (the default target) uses the model itself.
+      channels-last, bfloat16 on CUDA where its gradients correlate ≥ 0.99 with float32),
+      with glibc's malloc keeping freed blocks for the call; see `smoothgrad.fast`. The
+      clean prediction (the default target) uses the model itself.
     - progress: called after each pass with the number of samples it added (progress bars).
 
     The model is explained in eval mode with frozen parameters and is restored afterwards.
@@ -121,15 +123,16 @@ def smooth(
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
 
     x = x.detach()
-    with explaining(model), torch.no_grad():
+    with explaining(model), torch.no_grad(), contextlib.ExitStack() as fast_session:
         resolved = targets.resolve(target, model(x))
         sigma = noise_scale(x, noise, stdev)
         if not sigma.any():
             limit = 1
         runner = model
         if fast:
-            from smoothgrad.fast import prepare
+            from smoothgrad.fast import prepare, reusing_freed_memory
             runner = prepare(model, x, resolved)
+            fast_session.enter_context(reusing_freed_memory())
         tuner = None
         if batch_size == "auto":
             tuner = _tuner(model, method, x, fast)
@@ -249,10 +252,11 @@ class BatchTuner:
     """Finds the fastest rows per pass for one (model, device, example shape, method).
 
     It learns from the passes of real calls, so the search costs no extra work: the first
-    pass warms up, then the size doubles while that makes a row cheaper, else halves while
-    that does; the choice is the smallest size within 3% of the cheapest. A pass that runs
-    out of CUDA memory caps the size at half. The choice is kept for the process; a call too
-    short to finish the search leaves it to the next one.
+    pass warms up, then the size climbs a ladder of powers of two and their halfway points
+    (…, 4, 6, 8, 12, 16, …) while that makes a row cheaper, else descends it while that
+    does; the choice is the smallest size within 3% of the cheapest. A pass that runs out of
+    CUDA memory caps the size at half. The choice is kept for the process; a call too short
+    to finish the search leaves it to the next one.
     """
 
     def __init__(self, start: int, least: int, most: int) -> None:
@@ -278,15 +282,23 @@ class BatchTuner:
             return
         self.cost[self.rows] = seconds / rows
         best = self.best()
-        if self.growing and best == self.rows and self.rows * 2 <= self.most:
-            self.rows *= 2
+        larger = self._ladder(above=self.rows)
+        if self.growing and best == self.rows and larger is not None:
+            self.rows = larger
             return
         self.growing = False
-        smaller = best // 2 if best <= self.start else 0  # shrink from the start size only
-        if smaller >= self.least and smaller not in self.cost:
-            self.rows = smaller
+        smaller = self._ladder(below=best) if best <= self.start else None
+        if smaller is not None and smaller not in self.cost:
+            self.rows = smaller  # descend from the start size only
             return
         self.finish()
+
+    def _ladder(self, *, above: int = 0, below: int = 0) -> int | None:
+        sizes = sorted({size for k in range(1, 31) for size in (2**k, 3 * 2 ** (k - 1))
+                        if self.least <= size <= self.most})
+        if above:
+            return next((size for size in sizes if size > above), None)
+        return next((size for size in reversed(sizes) if size < below), None)
 
     def finish(self) -> None:
         """Stop searching; keep the best size measured so far."""

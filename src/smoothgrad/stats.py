@@ -43,13 +43,17 @@ class RunningMoments:
 
     def update(self, chunk: Tensor) -> None:
         """Merge the samples `chunk[0], chunk[1], ...` into the running moments."""
-        values = chunk.to(self.mean.dtype)
+        values = chunk.to(self.mean.dtype, copy=True)  # a copy: centred in place below
         nb = values.shape[0]
         na, n = self.count, self.count + nb
         mean_b = values.mean(dim=0)
-        centred = values - mean_b
-        squared = centred.square()
-        m2_b = squared.sum(dim=0)
+        abs_mean_b = values.abs().mean(dim=0)
+        centred = values.sub_(mean_b)
+        if self.fourth:
+            squared = centred.square()
+            m2_b = squared.sum(dim=0)
+        else:  # in place: each temporary the size of the chunk costs as much as the sum
+            m2_b = centred.mul_(centred).sum(dim=0)
         delta = mean_b - self.mean
         if self.fourth:
             m3_b = (squared * centred).sum(dim=0)
@@ -62,7 +66,7 @@ class RunningMoments:
                        + 3 * delta * (na * m2_b - nb * self.m2) / n)
         self.m2 = self.m2 + m2_b + delta**2 * (na * nb / n)
         self.mean = self.mean + delta * (nb / n)
-        self.abs_mean = self.abs_mean + (values.abs().mean(dim=0) - self.abs_mean) * (nb / n)
+        self.abs_mean = self.abs_mean + (abs_mean_b - self.abs_mean) * (nb / n)
         self.count = n
 
     def aggregate(self, name: str) -> Tensor:
