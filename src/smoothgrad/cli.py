@@ -12,6 +12,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run: Callable[[argparse.Namespace], int] = args.run
-        return run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            return run(args)
     except (ValueError, TypeError, OSError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"smoothgrad: error: {message}", file=sys.stderr)
@@ -76,6 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("smoothgrad: interrupted", file=sys.stderr)
         return 130
+
+
+def show_warning(message: Warning | str, *_: Any, **__: Any) -> None:
+    """Warnings as one line on stderr, like errors."""
+    print(f"smoothgrad: warning: {message}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------ argument types
