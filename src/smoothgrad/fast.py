@@ -7,7 +7,7 @@ channels-last, and optionally casts to a lower precision and wraps the copy in
 logit error and the correlation of the copy's input gradient with the original's, and a
 copy that falls short of `min_correlation` is refused (`FastPathError`).
 `smooth(..., fast=True)` uses `prepare`, which caches the copy for as long as the model's
-parameters and buffers are unchanged.
+parameters and buffers are unchanged, and runs its passes inside `reusing_freed_memory`.
 
 Example:
     >>> import torch
@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from smoothgrad.guard import explaining
 from smoothgrad.targets import Target, score
 
 __all__ = [
@@ -212,7 +213,8 @@ def optimize(
       float32 and 0.99 for lower precision by default.
 
     The copy is in eval mode with frozen parameters; `.report` says what was done and how
-    closely it matches.
+    closely it matches. A float copy whose logits differ by more than 1e-3 (relative) is
+    refused too: a fold that changed the function, not just its rounding.
     """
     dtype = dtype or example.dtype
     channels_last = example.dim() == 4 if channels_last is None else channels_last
@@ -227,19 +229,18 @@ def optimize(
     if compile:
         compiled = torch.compile(inner, mode=compile if isinstance(compile, str) else None)
     fast = FastModel(inner, channels_last=channels_last, dtype=dtype, compiled=compiled).eval()
-    reference = copy.deepcopy(model).eval()
-    logit_error, correlation = _compare(reference, fast, example, target)
-    limit = min_correlation
-    if limit is None:
-        limit = 0.999 if dtype in (torch.float32, torch.float64) else 0.99
+    with explaining(model):
+        logit_error, correlation = _compare(model, fast, example, target)
+    exact = dtype in (torch.float32, torch.float64)
+    limit = min_correlation if min_correlation is not None else 0.999 if exact else 0.99
     fast.report = FastReport(folded=folded, channels_last=channels_last, dtype=dtype,
                              compiled=bool(compile), logit_error=logit_error,
                              map_correlation=correlation)
-    if not correlation >= limit:
+    if not correlation >= limit or (exact and not logit_error <= 1e-3):
         raise FastPathError(
             f"the optimised copy's gradients correlate {correlation:.4f} with the original's "
-            f"(required {limit}); logit error {logit_error:.2e}. Use a wider dtype or "
-            "fold=False")
+            f"(required {limit}) and its logits differ by {logit_error:.2e} (relative). "
+            "Use a wider dtype or fold=False")
     return fast
 
 
