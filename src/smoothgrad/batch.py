@@ -88,15 +88,16 @@ from smoothgrad import images, models, viz
 from smoothgrad.cli import (
     UsageError,
     add_figure_options,
+    add_method_option,
     add_model_options,
     add_smoothing_options,
+    add_target_option,
     batch_size_arg,
     non_negative_int,
     resolve_device,
     resolve_target,
 )
 from smoothgrad.engine import default_batch_size, smooth
-from smoothgrad.methods import BY_NAME
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -136,11 +137,9 @@ def add_command(commands: Any) -> None:
     parser.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="output folder (rerun the same command to resume)")
     add_model_options(parser)
-    parser.add_argument("--method", choices=list(BY_NAME), default="gradient",
-                        help="base attribution method (default: gradient)")
+    add_method_option(parser)
     add_smoothing_options(parser)
-    parser.add_argument("--target", metavar="INDEX|LABEL",
-                        help="class to explain for every image (default: each prediction)")
+    add_target_option(parser)
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32",
                         help="attribution arrays' type; float16 halves the size "
                              "(default: float32)")

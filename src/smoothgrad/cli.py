@@ -183,11 +183,9 @@ def build_parser() -> Parser:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     explain.add_argument("images", nargs="+", metavar="IMAGE", help="image files to explain")
     add_model_options(explain)
-    explain.add_argument("--method", choices=list(BY_NAME), default="gradient",
-                         help="base attribution method (default: gradient)")
+    add_method_option(explain)
     add_smoothing_options(explain)
-    explain.add_argument("--target", metavar="INDEX|LABEL",
-                         help="class to explain for every image (default: each prediction)")
+    add_target_option(explain)
     explain.add_argument("--out", type=Path, default=Path("smoothgrad-out"),
                          help="output folder (default: smoothgrad-out)")
     explain.add_argument("--save", type=save_arg, default=["png", "npy"], metavar="FORMATS",
@@ -214,8 +212,7 @@ def build_parser() -> Parser:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sweep.add_argument("image", metavar="IMAGE", help="image file to explain")
     add_model_options(sweep)
-    sweep.add_argument("--method", choices=list(BY_NAME), default="gradient",
-                       help="base attribution method (default: gradient)")
+    add_method_option(sweep)
     sweep.add_argument("--noise", type=list_arg(non_negative_float), metavar="LIST",
                        default=[0.0, 0.05, 0.1, 0.2, 0.3, 0.5],
                        help="noise levels of the first row (default: 0,0.05,0.1,0.2,0.3,0.5)")
@@ -300,10 +297,19 @@ def add_noise_draw_options(parser: argparse.ArgumentParser) -> None:
                         help="noisy copies per forward/backward pass (default: auto)")
 
 
-def add_evaluation_options(parser: argparse.ArgumentParser) -> None:
-    """Options of `sweep` and `evaluate`: target, deletion/insertion steps, JSON output."""
+def add_method_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", choices=list(BY_NAME), default="gradient",
+                        help="base attribution method (default: gradient)")
+
+
+def add_target_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", metavar="INDEX|LABEL",
                         help="class to explain for every image (default: each prediction)")
+
+
+def add_evaluation_options(parser: argparse.ArgumentParser) -> None:
+    """Options of `sweep` and `evaluate`: target, deletion/insertion steps, JSON output."""
+    add_target_option(parser)
     parser.add_argument("--steps", type=positive_int, default=50,
                         help="steps of the deletion and insertion curves (default: 50)")
     parser.add_argument("--json", type=Path, metavar="FILE",
