@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from smoothgrad import targets
+
 __all__ = [
     "ConvergenceRow",
     "Curve",
@@ -691,17 +693,12 @@ def _unit_range(m: Tensor) -> Tensor:
 
 
 def _resolve_target(model: nn.Module, x: Tensor, target: Target) -> Tensor:
-    """``None`` -> clean argmax; int or tensor -> LongTensor ``(N,)`` on ``x.device``."""
-    if target is None:
-        with torch.no_grad():
-            logits: Tensor = model(x)
-        return logits.argmax(dim=1)
-    t = torch.as_tensor(target, device=x.device).long().reshape(-1)
-    if t.numel() == 1:
-        t = t.expand(x.shape[0])
-    if t.shape != (x.shape[0],):
-        raise ValueError(f"target must be an int or have one entry per example, got {t.shape}")
-    return t
+    """``None`` -> clean argmax; int or N ints -> LongTensor ``(N,)``, checked as `smooth` does."""
+    with torch.no_grad():
+        resolved = targets.resolve(target, model(x))
+    if not isinstance(resolved, Tensor):
+        raise TypeError("metrics need class targets (None, an int or N ints), not a callable")
+    return resolved
 
 
 def _target_outputs(
