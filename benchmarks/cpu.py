@@ -29,7 +29,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).parent))
 import harness as h
 import smoothgrad as sg
-from smoothgrad import engine, fast
+from smoothgrad import fast, tuning
 from smoothgrad.noise import standard_normal
 from smoothgrad.stats import RunningMoments
 
@@ -133,10 +133,10 @@ class Bench:
     def tuning(self) -> None:
         self.section(f"Cost of batch_size='auto' on first use (n={self.n})")
         model, x, n = self.model, self.x, self.n
-        fixed = engine.default_batch_size(x.device)
+        fixed = tuning.default_batch_size(x.device)
 
         def first_call(x: Tensor) -> Tensor:
-            engine._TUNERS.clear()
+            tuning.forget()
             return sg.smooth(model, x, samples=n).attribution
 
         tuned = h.settle_tuner(model, x, n)
@@ -146,16 +146,16 @@ class Bench:
         names = list(impls)
         rows = [[name, timings[name].median, h.ratio(timings, name, names[1])] for name in names]
         self.md.append(h.table(["call", "median s", "this / tuned"], rows))
-        engine._TUNERS.clear()
+        tuning.forget()
         calls = []
         for _ in range(6):
             sg.smooth(model, x, samples=n)
-            tuner = engine._tuner(model, "gradient", x, False)
+            tuner = tuning.tuner_for(model, "gradient", x, False)
             calls.append(dict(tuner.cost))
             if tuner.finished:
                 break
         self.md.append(f"\nThe search (seconds per row by size, after each call): {calls}; "
-                       f"choice {engine._tuner(model, 'gradient', x, False).rows}.")
+                       f"choice {tuning.tuner_for(model, 'gradient', x, False).rows}.")
         self.data["tuning"] = {"timings": timings, "search": calls}
 
     # ---------------------------------------------------------------------- overhead

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 import smoothgrad as sg
-from smoothgrad import engine
+from smoothgrad import tuning
 
 Explain = Callable[[Tensor], Tensor]
 
@@ -95,10 +95,10 @@ def settle_tuner(model: nn.Module, x: Tensor, samples: int, *, method: Any = "gr
     """Run `smooth` until its batch-size search has finished; return the chosen size."""
     for _ in range(calls):
         sg.smooth(model, x, method=method, samples=samples, fast=fast)
-        tuner = engine._tuner(model, method, x, fast)
+        tuner = tuning.tuner_for(model, method, x, fast)
         if tuner.finished:
             return tuner.rows
-    return engine._tuner(model, method, x, fast).rows
+    return tuning.tuner_for(model, method, x, fast).rows
 
 
 # ------------------------------------------------------------------------------ timing

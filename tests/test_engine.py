@@ -82,7 +82,7 @@ def test_zero_noise_is_exactly_the_base_method(cnn: nn.Module, x: Tensor) -> Non
     target = cnn(x).argmax(1)
     for noise in ({"noise": 0.0}, {"stdev": 0.0}):
         result = sg.smooth(cnn, x, method="guided_backprop", samples=30, **noise)
-        assert torch.equal(result.attribution, sg.methods.guided_backprop(cnn, x, target))
+        assert torch.equal(result.attribution, sg.methods.guided_backprop(cnn, x, target).map)
         assert result.samples == 1
         assert not result.stderr.any()
 

@@ -9,8 +9,8 @@ from torch import Tensor, nn
 
 import smoothgrad as sg
 from conftest import images, seeded
-from smoothgrad import engine, fast
-from smoothgrad.engine import BatchTuner
+from smoothgrad import fast, guard, tuning
+from smoothgrad.tuning import BatchTuner
 
 
 class BatchNormCNN(nn.Module):
@@ -130,7 +130,7 @@ def test_non_foldable_models_pass_through_unchanged() -> None:
 def test_reusing_freed_memory_changes_nothing_but_the_allocator(bn_cnn: nn.Module) -> None:
     x = images(2)
     plain = sg.smooth(bn_cnn, x, samples=6).attribution
-    with fast.reusing_freed_memory() as active:
+    with guard.reusing_freed_memory() as active:
         reused = sg.smooth(bn_cnn, x, samples=6).attribution
         big = torch.ones(64 * 2**20 // 4)  # over glibc's mapping threshold: from the heap now
         assert float(big.sum()) == big.numel()
@@ -185,11 +185,11 @@ def test_tuner_ignores_short_passes_and_caps_after_out_of_memory() -> None:
 
 def test_auto_batch_size_searches_once_and_gives_the_same_maps(bn_cnn: nn.Module) -> None:
     x = images(1)
-    engine._TUNERS.clear()
+    tuning.forget()
     results = [sg.smooth(bn_cnn, x, samples=40, seed=2).attribution for _ in range(4)]
-    tuner = engine._tuner(bn_cnn, "gradient", x, False)
+    tuner = tuning.tuner_for(bn_cnn, "gradient", x, False)
     assert tuner.finished and len(tuner.cost) >= 2
-    assert engine._tuner(bn_cnn, "gradient", images(1, size=16), False) is not tuner
+    assert tuning.tuner_for(bn_cnn, "gradient", images(1, size=16), False) is not tuner
     fixed = sg.smooth(bn_cnn, x, samples=40, seed=2, batch_size=3).attribution
     for result in results:
         torch.testing.assert_close(result, fixed, rtol=1e-5, atol=1e-7)

@@ -24,25 +24,25 @@ def test_gradient_equals_analytic_gradient() -> None:
     w1, w2 = model[0].weight, model[2].weight
     active = (x @ w1.T > 0).float()
     expected = torch.stack([(w2[c] * active[i]) @ w1 for i, c in enumerate(target)])
-    torch.testing.assert_close(sg.methods.gradient(model, x, target), expected)
-    torch.testing.assert_close(sg.methods.input_x_gradient(model, x, target), x * expected)
+    torch.testing.assert_close(sg.methods.gradient(model, x, target).map, expected)
+    torch.testing.assert_close(sg.methods.input_x_gradient(model, x, target).map, x * expected)
     assert all(p.grad is None for p in model.parameters())
 
 
 def test_input_x_gradient_equals_captum(cnn: nn.Module, x: Tensor) -> None:
     target = torch.tensor([1, 3])
-    torch.testing.assert_close(sg.methods.input_x_gradient(cnn, x, target),
+    torch.testing.assert_close(sg.methods.input_x_gradient(cnn, x, target).map,
                                InputXGradient(cnn).attribute(x.clone(), target=target))
 
 
 def test_guided_backprop_equals_captum_on_reused_inplace_relu() -> None:
     model, x, target = seeded(ReusedReluCNN()), images(3), torch.tensor([0, 2, 4])
-    ours = sg.methods.guided_backprop(model, x, target)
+    ours = sg.methods.guided_backprop(model, x, target).map
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Captum warns about backward hooks on in-place ReLU
         theirs = GuidedBackprop(copy.deepcopy(model)).attribute(x.clone(), target=target)
     torch.testing.assert_close(ours, theirs)
-    assert not torch.allclose(ours, sg.methods.gradient(model, x, target))
+    assert not torch.allclose(ours, sg.methods.gradient(model, x, target).map)
 
 
 class GuidedFunction(torch.autograd.Function):
@@ -94,11 +94,11 @@ def twin(act, reference_act) -> tuple[nn.Module, nn.Module]:  # type: ignore[no-
 def test_guided_backprop_reaches_every_rectifier_form(name: str, act, fn) -> None:  # type: ignore[no-untyped-def]
     model, reference = twin(act, fn)
     x, target = images(3) * 3, torch.tensor([0, 1, 2])
-    ours = sg.methods.guided_backprop(model, x, target)
+    ours = sg.methods.guided_backprop(model, x, target).map
     leaf = x.clone().requires_grad_(True)
     (expected,) = torch.autograd.grad(reference(leaf).gather(1, target[:, None]).sum(), leaf)
     torch.testing.assert_close(ours, expected, msg=name)
-    assert not torch.allclose(ours, sg.methods.gradient(model, x, target)), name
+    assert not torch.allclose(ours, sg.methods.gradient(model, x, target).map), name
 
 
 def test_guided_backprop_warns_about_what_it_leaves_alone() -> None:
@@ -113,12 +113,12 @@ def test_guided_backprop_warns_about_what_it_leaves_alone() -> None:
 def test_integrated_gradients_equals_captum_and_is_complete() -> None:
     model, x, target = seeded(SeparateReluCNN()), images(2), torch.tensor([1, 3])
     baseline = torch.full((1, 3, 8, 8), 0.1)
-    ours = sg.methods.integrated_gradients(model, x, target, steps=64, baseline=baseline)
+    ours = sg.methods.integrated_gradients(model, x, target, steps=64, baseline=baseline).map
     theirs = IntegratedGradients(model).attribute(x, baselines=baseline.expand_as(x),
                                                  target=target, n_steps=64)
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
     chunked = sg.methods.integrated_gradients(model, x, target, steps=64, baseline=baseline,
-                                              batch_size=10)
+                                              batch_size=10).map
     torch.testing.assert_close(chunked, ours)
     with torch.no_grad():
         delta = (model(x) - model(baseline.expand_as(x))).gather(1, target[:, None]).squeeze(1)
@@ -128,13 +128,13 @@ def test_integrated_gradients_equals_captum_and_is_complete() -> None:
 
 def test_deeplift_equals_captum_and_sums_to_delta() -> None:
     model, x, target = seeded(SeparateReluCNN()), images(3), torch.tensor([0, 1, 3])
-    ours = sg.methods.deeplift(model, x, target)
+    ours = sg.methods.deeplift(model, x, target).map
     theirs = DeepLift(copy.deepcopy(model)).attribute(x, target=target)
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
     with torch.no_grad():
         delta = (model(x) - model(torch.zeros_like(x))).gather(1, target[:, None]).squeeze(1)
     torch.testing.assert_close(ours.sum((1, 2, 3)), delta, rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(ours, sg.methods.input_x_gradient(model, x, target), atol=1e-4)
+    assert not torch.allclose(ours, sg.methods.input_x_gradient(model, x, target).map, atol=1e-4)
 
 
 @pytest.mark.parametrize("act", [F.relu, nn.ReLU6(), lambda t: torch.relu_(t),
@@ -142,7 +142,7 @@ def test_deeplift_equals_captum_and_sums_to_delta() -> None:
 def test_deeplift_sums_to_delta_for_every_relu_form(act) -> None:  # type: ignore[no-untyped-def]
     model, x, target = seeded(ActivationCNN(act)), images(2) * 2, torch.tensor([2, 4])
     baseline = torch.full((3, 8, 8), -0.2)
-    ours = sg.methods.deeplift(model, x, target, baseline=baseline)
+    ours = sg.methods.deeplift(model, x, target, baseline=baseline).map
     with torch.no_grad():
         delta = (model(x) - model(baseline.expand_as(x))).gather(1, target[:, None]).squeeze(1)
     torch.testing.assert_close(ours.sum((1, 2, 3)), delta, rtol=1e-5, atol=1e-5)

@@ -8,7 +8,12 @@ Example:
 """
 
 from smoothgrad import images, methods, metrics, models, viz
-from smoothgrad.engine import SmoothResult, smooth
+from smoothgrad.config import DEFAULT_NOISE, SmoothConfig
+from smoothgrad.engine import smooth
+from smoothgrad.result import SmoothResult
 
-__all__ = ["SmoothResult", "images", "methods", "metrics", "models", "smooth", "viz"]
+__all__ = [
+    "DEFAULT_NOISE", "SmoothConfig", "SmoothResult", "images", "methods", "metrics", "models",
+    "smooth", "viz",
+]
 __version__ = "0.1.0"

@@ -7,7 +7,8 @@ channels-last, and optionally casts to a lower precision and wraps the copy in
 logit error and the correlation of the copy's input gradient with the original's, and a
 copy that falls short of `min_correlation` is refused (`FastPathError`).
 `smooth(..., fast=True)` uses `prepare`, which caches the copy for as long as the model's
-parameters and buffers are unchanged, and runs its passes inside `reusing_freed_memory`.
+parameters and buffers are unchanged, and runs its passes inside
+`guard.reusing_freed_memory`.
 
 Example:
     >>> import torch
@@ -21,15 +22,11 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import ctypes
-import ctypes.util
-import functools
 import math
-import sys
 import weakref
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,11 +34,11 @@ import torch
 from torch import Tensor, nn
 
 from smoothgrad.guard import explaining
-from smoothgrad.targets import Target, score
+from smoothgrad.overrides import graph_nodes
+from smoothgrad.targets import Resolved, score
 
 __all__ = [
     "FastModel", "FastPathError", "FastReport", "fold_batchnorm", "optimize", "prepare",
-    "reusing_freed_memory",
 ]
 
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -147,20 +144,10 @@ def fold_batchnorm(model: nn.Module, example: Tensor) -> int:
     return folded
 
 
-def _consumer_counts(root: Any) -> dict[Any, int]:
-    counts: dict[Any, int] = {}
-    seen: set[Any] = set()
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        for child, _ in node.next_functions:
-            if child is not None:
-                counts[child] = counts.get(child, 0) + 1
-                stack.append(child)
-    return counts
+def _consumer_counts(root: Any) -> Counter[Any]:
+    """How many nodes of the graph below `root` use each node's output."""
+    return Counter(child for node in graph_nodes(root) for child, _ in node.next_functions
+                   if child is not None)
 
 
 @torch.no_grad()
@@ -195,7 +182,7 @@ def optimize(
     channels_last: bool | None = None,
     dtype: torch.dtype | None = None,
     compile: bool | str = False,
-    target: Target | None = None,
+    target: Resolved | None = None,
     min_correlation: float | None = None,
 ) -> FastModel:
     """An optimised copy of `model`, checked on `example` against the original.
@@ -245,7 +232,7 @@ def optimize(
 
 
 def _compare(reference: nn.Module, fast: nn.Module, example: Tensor,
-             target: Target | None) -> tuple[float, float]:
+             target: Resolved | None) -> tuple[float, float]:
     with torch.no_grad():
         ref_out = reference(example)
         fast_out = fast(example)
@@ -281,7 +268,7 @@ def _fingerprint(model: nn.Module, example: Tensor) -> tuple[Any, ...]:
             tuple((t.data_ptr(), t._version) for t in tensors))
 
 
-def prepare(model: nn.Module, example: Tensor, target: Target | None = None) -> FastModel:
+def prepare(model: nn.Module, example: Tensor, target: Resolved | None = None) -> FastModel:
     """`optimize(model, example, target=target)` with its device's defaults, cached per model.
 
     The copy is reused while the model's parameters and buffers are unchanged (same storage,
@@ -302,47 +289,3 @@ def prepare(model: nn.Module, example: Tensor, target: Target | None = None) -> 
         fast = optimize(model, example, target=target)
     _CACHE[model] = (key, fast)
     return fast
-
-
-# glibc mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
-
-
-@functools.cache
-def _glibc() -> Any:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version.restype = ctypes.c_char_p
-        libc.gnu_get_libc_version()
-        return libc
-    except (OSError, AttributeError):
-        return None  # not glibc (musl, ...): nothing to tune
-
-
-@contextlib.contextmanager
-def reusing_freed_memory() -> Iterator[bool]:
-    """Within the block, glibc's malloc keeps freed blocks for reuse; yields whether it could.
-
-    By default glibc maps every allocation over 32 MiB afresh and gives it back on free, so
-    each pass over a large batch page-faults its activations in again and the kernel zeroes
-    them: on a 2-core CPU that was a third of a pass of 16 EfficientNet-Lite0 rows (system
-    time). Here large blocks come from the heap and stay there until the block ends, when
-    the heap is trimmed and the thresholds are left where glibc's own adaptive rule ends up
-    (32 MiB mapping, 64 MiB trimming). The setting is process-wide while the block runs.
-    Elsewhere than Linux with glibc this does nothing.
-    """
-    libc = _glibc()
-    if libc is None:
-        yield False
-        return
-    libc.mallopt(_M_MMAP_MAX, 0)
-    libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
-    try:
-        yield True
-    finally:
-        libc.mallopt(_M_MMAP_MAX, 65536)
-        libc.mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)
-        libc.mallopt(_M_TRIM_THRESHOLD, 64 * 2**20)
-        libc.malloc_trim(0)

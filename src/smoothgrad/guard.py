@@ -1,4 +1,10 @@
-"""Leave the user's model exactly as it was handed over.
+"""Every change to the user's model or to process state, each undone when its block ends.
+
+- `explaining(model)`: eval mode and frozen parameters for the call.
+- `gradients_on()`: autograd on inside the block whatever the caller's mode
+  (`torch.no_grad`, `torch.inference_mode`), which comes back afterwards.
+- `reusing_freed_memory()`: glibc's malloc keeps freed blocks (the fast path's passes).
+- `cudnn_benchmark(enabled)`: cuDNN's autotuner flag.
 
 Example:
     >>> import torch
@@ -11,13 +17,20 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
+import functools
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
+import torch
 from torch import nn
 
-__all__ = ["explaining"]
+__all__ = ["cudnn_benchmark", "explaining", "gradients_on", "reusing_freed_memory"]
 
 
 @contextmanager
@@ -47,3 +60,69 @@ def explaining(model: nn.Module) -> Iterator[nn.Module]:
             module.training = training
         for param, requires_grad in flags:
             param.requires_grad_(requires_grad)
+
+
+@contextmanager
+def gradients_on() -> Iterator[None]:
+    """Autograd enabled in the block, also inside the caller's `no_grad`/`inference_mode`.
+
+    Both modes are thread-local and restored on exit, so a caller inside
+    `torch.inference_mode()` is still in it afterwards.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+@contextmanager
+def cudnn_benchmark(enabled: bool) -> Iterator[None]:
+    """`torch.backends.cudnn.benchmark = enabled` for the block, then the caller's value."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+
+
+@functools.cache
+def _glibc() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version.restype = ctypes.c_char_p
+        libc.gnu_get_libc_version()
+        return libc
+    except (OSError, AttributeError):
+        return None  # not glibc (musl, ...): nothing to tune
+
+
+@contextlib.contextmanager
+def reusing_freed_memory() -> Iterator[bool]:
+    """Within the block, glibc's malloc keeps freed blocks for reuse; yields whether it could.
+
+    By default glibc maps every allocation over 32 MiB afresh and gives it back on free, so
+    each pass over a large batch page-faults its activations in again and the kernel zeroes
+    them: on a 2-core CPU that was a third of a pass of 16 EfficientNet-Lite0 rows (system
+    time). Here large blocks come from the heap and stay there until the block ends, when
+    the heap is trimmed and the thresholds are left where glibc's own adaptive rule ends up
+    (32 MiB mapping, 64 MiB trimming). The setting is process-wide while the block runs.
+    Elsewhere than Linux with glibc this does nothing.
+    """
+    libc = _glibc()
+    if libc is None:
+        yield False
+        return
+    libc.mallopt(_M_MMAP_MAX, 0)
+    libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    try:
+        yield True
+    finally:
+        libc.mallopt(_M_MMAP_MAX, 65536)
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)
+        libc.mallopt(_M_TRIM_THRESHOLD, 64 * 2**20)
+        libc.malloc_trim(0)

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from smoothgrad.config import DEFAULT_NOISE
+
 __all__ = ["noise_scale", "sample_seed", "standard_normal"]
 
 
@@ -52,14 +54,23 @@ def standard_normal(
 def noise_scale(x: Tensor, noise: float | None, stdev: float | None) -> Tensor:
     """Per-example noise standard deviation, shape `(N,)`.
 
-    Relative (`noise` times each example's max − min) unless an absolute `stdev` is given.
+    Relative (`noise` times each example's max − min; DEFAULT_NOISE when None) unless an
+    absolute `stdev` is given. Policy: a σ that is not finite (`noise=1e308` on a wide range
+    overflows) is refused with a ValueError, since it would give an all-zero or NaN map that
+    looks converged.
 
     Example:
         >>> noise_scale(torch.tensor([[0.0, 2.0], [1.0, 1.5]]), 0.1, None)
         tensor([0.2000, 0.0500])
     """
     if stdev is not None:
-        return torch.full((x.shape[0],), float(stdev), device=x.device, dtype=x.dtype)
-    flat = x.reshape(x.shape[0], -1)
-    spread = flat.amax(dim=1) - flat.amin(dim=1)
-    return spread * float(0.15 if noise is None else noise)
+        sigma = torch.full((x.shape[0],), float(stdev), device=x.device, dtype=x.dtype)
+    else:
+        flat = x.reshape(x.shape[0], -1)
+        spread = flat.amax(dim=1) - flat.amin(dim=1)
+        sigma = spread * float(DEFAULT_NOISE if noise is None else noise)
+    if not bool(torch.isfinite(sigma).all()):
+        given = f"stdev={stdev}" if stdev is not None else f"noise={noise}"
+        raise ValueError(f"{given} gives a noise σ that is not finite in {x.dtype} "
+                         f"(σ = {sigma.max().item():.3g}); use a smaller value")
+    return sigma

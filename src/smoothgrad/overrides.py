@@ -1,10 +1,13 @@
-"""Gradient-rule overrides that live only as long as one forward/backward pass.
+"""Gradient rules that live only as long as one forward/backward pass, from one table.
 
-Guided backpropagation edits the autograd graph of one pass (pre-hooks on its activation
-nodes), so it reaches every form a rectifier takes — `nn.ReLU` (in-place or reused),
-`F.relu`, `torch.relu_`, `ReLU6`/`hardtanh`, `LeakyReLU` — and nothing outlives the graph.
-DeepLIFT's rescale rule replaces elementwise nonlinearities during one forward pass, inside
-a `TorchFunctionMode` that is popped on exit.
+`RULES` maps each autograd node kind (the name of its backward node without `Backward0`)
+to what guided backpropagation and DeepLIFT do there. Guided backpropagation edits the
+autograd graph of one pass (pre-hooks on its activation nodes), so it reaches every form a
+rectifier takes — `nn.ReLU` (in-place or reused), `F.relu`, `torch.relu_`, `ReLU6`/`hardtanh`,
+`LeakyReLU` — and nothing outlives the graph. DeepLIFT's rescale rule replaces the
+elementwise functions during one forward pass, inside a `TorchFunctionMode` that is popped
+on exit; afterwards one walk of the pass's graph finds every nonlinearity the rule did not
+reach (TorchScript, fused recurrent layers, max pooling, …) so it can be named.
 
 Example:
     >>> import torch
@@ -19,36 +22,79 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["GUIDED", "RESCALED", "graph_nodes", "guide_rectifiers", "rescaling"]
+__all__ = [
+    "GUIDED", "RESCALED", "RULES", "Rescaling", "Rule", "graph_nodes", "guide_rectifiers",
+    "node_kind", "unmodified_by_deeplift",
+]
 
-GUIDED = frozenset({
-    "Relu", "Hardtanh", "LeakyRelu", "Threshold", "PreluKernel", "Elu", "Celu",
-    "Gelu", "Silu", "Mish", "Softplus", "Hardswish",
-})
+
+@dataclass(frozen=True)
+class Rule:
+    """What the modified-gradient methods do at one kind of autograd node.
+
+    guided: "guide" (only the positive upstream gradient passes, times the local derivative)
+    or "warn" (left unmodified and named in a warning); "" for a node guided backprop ignores.
+    deeplift: "rescale" (Δy/Δx, by replacing `functions` in the forward pass) or "warn" (the
+    plain gradient, named in a warning). label: the name a user knows the operation by.
+    """
+
+    guided: str
+    deeplift: str
+    label: str
+    functions: tuple[str, ...] = ()
+
+
+def _rule(guided: str, label: str, *more: str) -> Rule:
+    return Rule(guided, "rescale", label, (label, *more))
+
+
+RULES: dict[str, Rule] = {
+    "Relu": _rule("guide", "relu", "relu_"),
+    "Hardtanh": _rule("guide", "hardtanh", "hardtanh_", "relu6"),
+    "LeakyRelu": _rule("guide", "leaky_relu", "leaky_relu_"),
+    "Threshold": _rule("guide", "threshold", "threshold_"),
+    "PreluKernel": Rule("guide", "warn", "prelu"),
+    "Elu": _rule("guide", "elu", "elu_", "selu", "selu_"),
+    "Celu": _rule("guide", "celu", "celu_"),
+    "Gelu": _rule("guide", "gelu"),
+    "Silu": _rule("guide", "silu"),
+    "Mish": _rule("guide", "mish"),
+    "Softplus": _rule("guide", "softplus"),
+    "Hardswish": _rule("guide", "hardswish"),
+    "Sigmoid": _rule("warn", "sigmoid", "sigmoid_"),
+    "Tanh": _rule("warn", "tanh", "tanh_"),
+    "Hardsigmoid": _rule("warn", "hardsigmoid"),
+    "Clamp": Rule("warn", "warn", "clamp"),
+    "ClampMin": Rule("warn", "warn", "clamp_min"),
+    "ClampMax": Rule("warn", "warn", "clamp_max"),
+    **{f"MaxPool{d}DWithIndices": Rule("", "warn", f"max_pool{d}d") for d in (2, 3)},
+    **{f"AdaptiveMaxPool{d}D": Rule("", "warn", f"adaptive_max_pool{d}d") for d in (2, 3)},
+    "Softmax": Rule("", "warn", "softmax"),
+    "LogSoftmax": Rule("", "warn", "log_softmax"),
+    **{f"{name}RnnLayer": Rule("", "warn", "a fused recurrent layer (LSTM/GRU/RNN)")
+       for name in ("Mkldnn",)},
+    **{f"{name}Rnn": Rule("", "warn", "a fused recurrent layer (LSTM/GRU/RNN)")
+       for name in ("Cudnn", "Miopen")},
+}
+"""Autograd node kind -> the guided-backprop and DeepLIFT rules at that node."""
+
+GUIDED = frozenset(kind for kind, rule in RULES.items() if rule.guided == "guide")
 """Autograd node kinds whose negative upstream gradient guided backprop zeroes."""
 
-_GATES = frozenset({"Sigmoid", "Tanh", "Hardsigmoid", "Clamp", "ClampMin", "ClampMax"})
-
-RESCALED = frozenset({
-    "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_",
-    "threshold", "threshold_", "elu", "elu_", "selu", "selu_", "celu", "celu_", "gelu",
-    "silu", "mish", "softplus", "hardswish", "hardsigmoid", "sigmoid", "sigmoid_",
-    "tanh", "tanh_",
-})
+RESCALED = frozenset(name for rule in RULES.values() if rule.deeplift == "rescale"
+                     for name in rule.functions)
 """Elementwise functions that DeepLIFT's rescale rule replaces, by name."""
 
-_NOT_RESCALED = frozenset({
-    "max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
-    "adaptive_max_pool3d", "softmax", "log_softmax",
-})
 _SUFFIX = re.compile(r"Backward\d*$")
 
 
@@ -63,6 +109,11 @@ def graph_nodes(root: Any) -> Iterator[Any]:
         seen.add(id(node))
         yield node
         stack.extend(child for child, _ in node.next_functions)
+
+
+def node_kind(node: Any) -> str:
+    """The kind of an autograd node: `ReluBackward0` -> `Relu`."""
+    return _SUFFIX.sub("", node.name())
 
 
 def _positive_part(grad_outputs: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:
@@ -80,11 +131,12 @@ def guide_rectifiers(root: Any) -> None:
     """
     guided, left = 0, set()
     for node in graph_nodes(root):
-        kind = _SUFFIX.sub("", node.name())
-        if kind in GUIDED:
+        kind = node_kind(node)
+        rule = RULES.get(kind)
+        if rule is not None and rule.guided == "guide":
             node.register_prehook(_positive_part)
             guided += 1
-        elif kind in _GATES:
+        elif rule is not None and rule.guided == "warn":
             left.add(kind)
     if not guided:
         warnings.warn("guided_backprop found no rectifier in the model's autograd graph: "
@@ -94,35 +146,47 @@ def guide_rectifiers(root: Any) -> None:
                       + ", ".join(sorted(left)), stacklevel=3)
 
 
+def _flat_below(dtype: torch.dtype) -> float:
+    """|Δx| under which DeepLIFT uses the local derivative instead of Δy/Δx.
+
+    1e-10 (Captum's) in float32 and wider; in float16/bfloat16, where 1e-10 rounds to 0 and
+    0/0 gave NaN, the dtype's resolution at 1 (its `eps`).
+    """
+    return 1e-10 if torch.finfo(dtype).bits >= 32 else float(torch.finfo(dtype).eps)
+
+
 class _Rescale(torch.autograd.Function):
-    """y = f(x) on a batch stacked as [inputs; baselines]; backward uses Δy/Δx per element."""
+    """y = f(x); backward multiplies by Δy/Δx against the baseline pass's (x₀, y₀)."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, fn: Callable[[Tensor], Tensor], inplace: bool) -> Tensor:
+    def forward(ctx: Any, x: Tensor, fn: Callable[[Tensor], Tensor], x0: Tensor, y0: Tensor,
+                inplace: bool) -> Tensor:
         y = fn(x.clone())
         ctx.fn = fn
-        ctx.save_for_backward(x.clone() if inplace else x, y)  # x is overwritten if inplace
+        ctx.save_for_backward(x.clone() if inplace else x, y, x0, y0)  # x overwritten if inplace
         return y
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        x, y = ctx.saved_tensors
-        half = x.shape[0] // 2
-        delta_x = (x[:half] - x[half:]).repeat(2, *([1] * (x.dim() - 1)))
-        delta_y = (y[:half] - y[half:]).repeat(2, *([1] * (y.dim() - 1)))
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, y, x0, y0 = ctx.saved_tensors
+        wide = torch.promote_types(grad.dtype, torch.float32)  # no overflow/underflow in half
+        delta_x, delta_y = (x - x0).to(wide), (y - y0).to(wide)
         with torch.enable_grad():
             leaf = x.detach().requires_grad_(True)
             (local,) = torch.autograd.grad(ctx.fn(leaf.clone()), leaf, grad)
-        flat = delta_x.abs() < 1e-10
-        multiplier = grad * delta_y / torch.where(flat, 1.0, delta_x)
-        return torch.where(flat, local, multiplier), None, None
+        flat = delta_x.abs() < _flat_below(x.dtype)
+        multiplier = grad.to(wide) * delta_y / torch.where(flat, 1.0, delta_x)
+        return torch.where(flat, local.to(wide), multiplier).to(grad.dtype), None, None, None, None
 
 
 class _RescaleMode(TorchFunctionMode):
-    def __init__(self, rows: int) -> None:
+    """Records the baseline pass's nonlinearities, then rescales the input pass's in order."""
+
+    def __init__(self, recorded: list[tuple[str, Tensor, Tensor]] | None = None) -> None:
         super().__init__()
-        self.rows = rows
-        self.unhandled: set[str] = set()
+        self.recording = recorded is None
+        self.calls: list[tuple[str, Tensor, Tensor]] = [] if recorded is None else recorded
+        self.index = 0
 
     def __torch_function__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
@@ -130,30 +194,72 @@ class _RescaleMode(TorchFunctionMode):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
         first = args[0] if args else None
-        if (name in RESCALED and isinstance(first, Tensor) and first.requires_grad
-                and first.dim() > 0 and first.shape[0] == self.rows):
-            inplace = name.endswith("_") or kwargs.get("inplace") is True or (
-                len(args) > 1 and args[-1] is True)
-            y = _Rescale.apply(  # type: ignore[no-untyped-call]
-                first, lambda t: func(t, *args[1:], **kwargs), inplace)
-            return first.copy_(y) if inplace else y
-        if name in _NOT_RESCALED:
-            self.unhandled.add(name)
-        return func(*args, **kwargs)
+        if name not in RESCALED or not isinstance(first, Tensor):
+            return func(*args, **kwargs)
+        inplace = name.endswith("_") or kwargs.get("inplace") is True or (
+            len(args) > 1 and args[-1] is True)
+        if self.recording:
+            given = first.detach().clone()
+            output = func(*args, **kwargs)
+            self.calls.append((name, given, output.detach().clone()))
+            return output
+        call = self.calls[self.index] if self.index < len(self.calls) else None
+        self.index += 1
+        if (call is None or call[0] != name or call[1].shape != first.shape
+                or not first.requires_grad):
+            return func(*args, **kwargs)  # left unmodified: the graph walk names it
+        y = _Rescale.apply(  # type: ignore[no-untyped-call]
+            first, lambda t: func(t, *args[1:], **kwargs), call[1], call[2], inplace)
+        return first.copy_(y) if inplace else y
 
 
-@contextmanager
-def rescaling(rows: int) -> Iterator[None]:
-    """Within the block, elementwise nonlinearities (`RESCALED`) follow DeepLIFT's rescale rule.
+class Rescaling:
+    """DeepLIFT's two passes: `baseline()` records, `inputs()` applies the rescale rule.
 
-    The model must run on a batch of `rows` stacked as `[inputs; baselines]` (equal halves
-    along dim 0, which must stay the batch dimension); tensors with another leading size are
-    left alone. Max pooling and softmax keep their plain gradient, with a warning, so
-    summation-to-delta is then only approximate.
+    Every elementwise nonlinearity of `RESCALED` (module, functional or in-place) that the
+    input pass calls is paired, in call order, with the same call of the baseline pass (same
+    function, same shape) and its backward uses Δy/Δx, so models that reshape or move the
+    batch dimension are covered. Anything the rule cannot reach keeps its plain gradient, and
+    `unmodified_by_deeplift` names it from the input pass's graph.
+
+    Example:
+        >>> x, base = torch.tensor([[2.0]], requires_grad=True), torch.zeros(1, 1)
+        >>> passes = Rescaling()
+        >>> with passes.baseline():
+        ...     y0 = torch.sigmoid(base)
+        >>> with passes.inputs():
+        ...     y = torch.sigmoid(x)
+        >>> torch.autograd.grad(y.sum(), x)[0]  # (sigmoid(2) - sigmoid(0)) / 2
+        tensor([[0.1904]])
     """
-    mode = _RescaleMode(rows)
-    with mode:
-        yield
-    if mode.unhandled:
-        warnings.warn("deeplift applies the plain gradient (not the rescale rule) to: "
-                      + ", ".join(sorted(mode.unhandled)), stacklevel=3)
+
+    def __init__(self) -> None:
+        self._recorded = _RescaleMode()
+
+    @contextmanager
+    def baseline(self) -> Iterator[None]:
+        """Run the baseline pass in this block (no gradients needed)."""
+        with self._recorded:
+            yield
+
+    @contextmanager
+    def inputs(self) -> Iterator[None]:
+        """Run the input pass in this block, after the baseline pass."""
+        with _RescaleMode(self._recorded.calls):
+            yield
+
+
+def unmodified_by_deeplift(root: Any, model: nn.Module) -> list[str]:
+    """The nonlinearities in the graph below `root` that kept their plain gradient, named.
+
+    Each entry is "label ×count"; recurrent and TorchScript modules of `model` are named too,
+    since the rule cannot reach inside them.
+    """
+    counts = Counter(RULES[kind].label for kind in map(node_kind, graph_nodes(root))
+                     if kind in RULES and RULES[kind].deeplift != "")
+    found = [f"{label} ×{n}" if n > 1 else label for label, n in sorted(counts.items())]
+    if found:
+        found += [f"{name or 'the model'} ({type(module).__name__})"
+                  for name, module in model.named_modules()
+                  if isinstance(module, nn.RNNBase | torch.jit.ScriptModule)]
+    return found

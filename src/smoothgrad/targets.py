@@ -9,24 +9,25 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-__all__ = ["Target", "forward", "recording_outputs", "resolve", "score"]
+__all__ = ["Requested", "Resolved", "ScoreFn", "check_logits", "resolve", "score"]
 
 ScoreFn = Callable[[Tensor], Tensor]
-Target = Tensor | ScoreFn
-"""What a base method receives: a LongTensor of one class per row, or `output -> (rows,)`."""
+"""A custom score: the model's output -> one score per row, `(rows,)`."""
 
-_recorded: ContextVar[list[tuple[Tensor, Tensor]] | None] = ContextVar(
-    "smoothgrad_recorded", default=None)
+Resolved = Tensor | ScoreFn
+"""What a base method receives: a LongTensor of one class per row, or a `ScoreFn`."""
+
+Requested = int | Sequence[int] | Tensor | np.ndarray | ScoreFn | None
+"""What a caller may ask for: None (the clean argmax), class indices, or a `ScoreFn`."""
 
 
-def score(output: Tensor, target: Target) -> Tensor:
+def score(output: Tensor, target: Resolved) -> Tensor:
     """The explained score of each row of `output`, shape `(rows,)`."""
     rows = output.shape[0]
     if callable(target):
@@ -36,44 +37,27 @@ def score(output: Tensor, target: Target) -> Tensor:
             raise ValueError(f"target: the callable must return one score per example, "
                              f"shape ({rows},); it returned {got}")
         return scores
-    _check_logits(output)
+    check_logits(output)
     return output.gather(1, target.reshape(-1, 1).to(output.device)).squeeze(1)
 
 
-def forward(model: nn.Module, x: Tensor) -> Tensor:
-    """`model(x)`, also handed to the engine when it is recording outputs (for flip rates)."""
-    output: Tensor = model(x)
-    recorded = _recorded.get()
-    if recorded is not None:
-        recorded.append((x, output.detach()))
-    return output
+def resolve(target: object, clean_output: Tensor) -> Resolved:
+    """Turn the caller's `target` (`Requested`) into what base methods receive.
 
-
-@contextmanager
-def recording_outputs() -> Iterator[list[tuple[Tensor, Tensor]]]:
-    """Collect the (input, output) pairs of the forward passes that base methods run."""
-    recorded: list[tuple[Tensor, Tensor]] = []
-    token = _recorded.set(recorded)
-    try:
-        yield recorded
-    finally:
-        _recorded.reset(token)
-
-
-def resolve(target: object, clean_output: Tensor) -> Target:
-    """Turn the caller's `target` into what base methods receive.
-
-    None explains each example's clean argmax; an int, a sequence or a tensor of N ints
-    name classes; a callable `output -> (rows,)` scores any output (regression, custom).
+    None explains each example's clean argmax; an int, a sequence, a tensor or a NumPy array
+    of N ints (NumPy integers and 0-d tensors included) name classes; a callable
+    `output -> (rows,)` scores any output (regression, custom).
     """
     if callable(target) and not isinstance(target, Tensor):
         return target
-    _check_logits(clean_output)
+    check_logits(clean_output)
     n, classes = clean_output.shape
     if target is None:
         return clean_output.argmax(dim=1)
     if isinstance(target, bool):
         raise TypeError("target must be None, an int, N ints or a callable, not a bool")
+    if isinstance(target, np.generic | np.ndarray):
+        target = torch.as_tensor(np.asarray(target))
     if isinstance(target, int):
         indices = torch.full((n,), target, dtype=torch.long)
     elif isinstance(target, Tensor | Sequence):
@@ -95,7 +79,8 @@ def resolve(target: object, clean_output: Tensor) -> Target:
     return indices.to(clean_output.device)
 
 
-def _check_logits(output: Tensor) -> None:
+def check_logits(output: object) -> None:
+    """Refuse an output that is not (N, classes) logits, pointing at a callable target."""
     if not isinstance(output, Tensor) or output.dim() != 2:
         got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
         raise ValueError(f"model output must be (N, classes) to pick a class target, got {got}; "

@@ -1,35 +1,52 @@
-"""Base attribution methods, each `(model, x, target) -> Tensor shaped like x`.
+"""Base attribution methods, each `(model, x, target) -> Attributed(map, output)`.
+
+`map` is shaped like `x`; `output` is the model's output on exactly the rows of `x` when the
+method computed it anyway (the engine takes flip rates from it), else None. A user's
+callable may return a plain tensor (the map) instead; `resolve_method` and `attributed`
+accept both, and Captum `Attribution` objects.
 
 Example:
     >>> import torch
     >>> model = torch.nn.Linear(3, 2)
-    >>> gradient(model, torch.ones(1, 3), torch.tensor([1])).shape
-    torch.Size([1, 3])
+    >>> attribution, output = gradient(model, torch.ones(1, 3), torch.tensor([1]))
+    >>> attribution.shape, output.shape
+    (torch.Size([1, 3]), torch.Size([1, 2]))
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Callable
+from typing import Any
 
 from torch import Tensor, nn
 
+from smoothgrad.methods.base import Attributed
 from smoothgrad.methods.deeplift import deeplift
 from smoothgrad.methods.gradient import gradient, input_x_gradient
 from smoothgrad.methods.guided_backprop import guided_backprop
-from smoothgrad.methods.integrated_gradients import integrated_gradients
-from smoothgrad.targets import Target
+from smoothgrad.methods.integrated_gradients import DEFAULT_STEPS, integrated_gradients
+from smoothgrad.targets import Resolved
 
 __all__ = [
     "BY_NAME",
+    "Attributed",
     "Method",
+    "attributed",
+    "bounded",
     "deeplift",
     "gradient",
     "guided_backprop",
     "input_x_gradient",
     "integrated_gradients",
+    "resolve_method",
+    "rows_per_input",
 ]
 
-Method = Callable[[nn.Module, Tensor, Target], Tensor]
+Method = Callable[[nn.Module, Tensor, Resolved],
+                  "Attributed | tuple[Tensor, Tensor | None] | Tensor"]
+"""A base method: `(model, x, target) -> (map, output or None)`, or just the map."""
 
 BY_NAME: dict[str, Method] = {
     "gradient": gradient,
@@ -39,3 +56,73 @@ BY_NAME: dict[str, Method] = {
     "deeplift": deeplift,
 }
 """The built-in base methods by name."""
+
+
+def resolve_method(method: str | Method | Any) -> Method:
+    """A base method from a name, a callable, or a Captum `Attribution` object.
+
+    Captum's `Saliency` returns |gradient| by default (its `abs=True`): it is kept as
+    Captum defines it, with a warning saying so, since the object is the caller's choice;
+    `method="gradient"` or `functools.partial(Saliency(model).attribute, abs=False)` gives
+    the signed gradient.
+    """
+    if isinstance(method, str):
+        if method not in BY_NAME:
+            raise ValueError(f"unknown method {method!r}; valid: {', '.join(BY_NAME)}")
+        return BY_NAME[method]
+    attribute: Callable[..., Tensor] | None = getattr(method, "attribute", None)
+    if callable(attribute):
+        absolute = type(method).__name__ == "Saliency"
+
+        def captum(model: nn.Module, x: Tensor, target: Resolved) -> Tensor:
+            if absolute:
+                warnings.warn("Captum's Saliency returns |gradient| (its abs=True default), so "
+                              "this is SmoothGrad of the absolute gradient; use "
+                              "method='gradient' for the signed one", stacklevel=2)
+            return attribute(x, target=target)
+
+        return captum
+    if callable(method):
+        return method
+    raise TypeError(f"method must be a name, a callable or a Captum Attribution, "
+                    f"not {type(method).__name__}")
+
+
+def attributed(returned: object, rows: int) -> Attributed:
+    """What a method returned, as `Attributed`: a tensor is the map with no output."""
+    if isinstance(returned, Tensor):
+        return Attributed(returned, None)
+    if isinstance(returned, tuple) and len(returned) == 2 and isinstance(returned[0], Tensor):
+        output = returned[1]
+        if output is not None and not (isinstance(output, Tensor) and output.dim() >= 1
+                                       and output.shape[0] == rows):
+            got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            raise ValueError(f"method returned an output for {got} rows; it must be the "
+                             f"model's output on the {rows} rows it was given, or None")
+        return Attributed(returned[0], output)
+    raise ValueError(f"method must return a tensor shaped like its input, or (map, output); "
+                     f"got {type(returned).__name__}")
+
+
+def _integrated(method: object) -> dict[str, Any] | None:
+    """The keywords of `integrated_gradients` or a `functools.partial` of it, else None."""
+    if method is integrated_gradients or method == "integrated_gradients":
+        return {}
+    if isinstance(method, functools.partial) and method.func is integrated_gradients:
+        return dict(method.keywords)
+    return None
+
+
+def rows_per_input(method: object) -> int:
+    """Rows a method sends through the model per input row: integrated gradients' `steps`."""
+    keywords = _integrated(method)
+    return 1 if keywords is None else int(keywords.get("steps", DEFAULT_STEPS))
+
+
+def bounded(method: Method, given: object, rows: int) -> Method:
+    """`method` with no pass over `rows` rows: integrated gradients' path is cut into passes
+    of at most `rows` (unless the caller set its `batch_size`); other methods as they are."""
+    keywords = _integrated(given)
+    if keywords is None or keywords.get("batch_size") is not None:
+        return method
+    return functools.partial(method, batch_size=rows)  # type: ignore[call-arg]

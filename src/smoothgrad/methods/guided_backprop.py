@@ -3,7 +3,7 @@
 Example:
     >>> import torch
     >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU6(), torch.nn.Linear(2, 1))
-    >>> guided_backprop(model, torch.ones(3, 2), torch.zeros(3, dtype=torch.long)).shape
+    >>> guided_backprop(model, torch.ones(3, 2), torch.zeros(3, dtype=torch.long)).map.shape
     torch.Size([3, 2])
 """
 
@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from smoothgrad.methods.base import Attributed
 from smoothgrad.methods.gradient import input_gradient
 from smoothgrad.overrides import guide_rectifiers
-from smoothgrad.targets import Target
+from smoothgrad.targets import Resolved
 
 __all__ = ["guided_backprop"]
 
 
-def guided_backprop(model: nn.Module, x: Tensor, target: Target) -> Tensor:
+def guided_backprop(model: nn.Module, x: Tensor, target: Resolved) -> Attributed:
     """The gradient with only positive gradients passed back through each rectifier.
 
     The rule is applied in the autograd graph of this one pass, so it covers every form a

@@ -4,7 +4,7 @@ Example:
     >>> import torch
     >>> model = torch.nn.Linear(3, 2)
     >>> x = torch.randn(4, 3)
-    >>> a = integrated_gradients(model, x, torch.zeros(4, dtype=torch.long), steps=8)
+    >>> a = integrated_gradients(model, x, torch.zeros(4, dtype=torch.long), steps=8).map
     >>> expected = model(x)[:, 0] - model(torch.zeros_like(x))[:, 0]
     >>> torch.allclose(a.sum(dim=1), expected, atol=1e-5)
     True
@@ -16,27 +16,34 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from smoothgrad.methods.base import Attributed
 from smoothgrad.methods.gradient import input_gradient
-from smoothgrad.targets import Target
+from smoothgrad.targets import Resolved
 
-__all__ = ["integrated_gradients"]
+__all__ = ["DEFAULT_STEPS", "integrated_gradients"]
+
+DEFAULT_STEPS = 50
+"""Quadrature nodes on the path unless `steps` says otherwise (Captum's default too)."""
 
 
 def integrated_gradients(
     model: nn.Module,
     x: Tensor,
-    target: Target,
+    target: Resolved,
     *,
-    steps: int = 50,
+    steps: int = DEFAULT_STEPS,
     baseline: Tensor | None = None,
     batch_size: int | None = None,
-) -> Tensor:
+) -> Attributed:
     """(x − baseline) × the path integral of the gradient from `baseline` to `x`.
 
-    The integral uses `steps` Gauss-Legendre nodes on [0, 1] (Captum's default rule), all
-    evaluated in one batch of `steps × N` rows unless `batch_size` caps the rows per pass.
+    The integral uses `steps` Gauss-Legendre nodes on [0, 1] (Captum's default rule): the
+    `steps × N` path points go through the model in passes of at most `batch_size` rows (all
+    in one pass when None), each built only when its pass runs, so memory is bounded by
+    `batch_size` whatever `steps` is (`smooth` sets it to its own pass size).
     `baseline` (zeros by default) broadcasts against `x`, so one example's shape serves a
-    batch of noisy copies.
+    batch of noisy copies. The output is None: no path point is `x` itself, so flip rates
+    need one forward pass of `x`, which `smooth` runs (deliberately: the only extra pass).
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
@@ -47,14 +54,18 @@ def integrated_gradients(
     alphas = torch.as_tensor((nodes + 1) / 2, dtype=x.dtype, device=x.device)
     weights_t = torch.as_tensor(weights / 2, dtype=x.dtype, device=x.device)
     delta = x - base
-    shape = (-1,) + (1,) * x.dim()
-    path = (base + alphas.view(shape) * delta).reshape(steps * x.shape[0], *x.shape[1:])
-    repeated = target if callable(target) else target.repeat(steps)
-    rows = path.shape[0] if batch_size is None else batch_size
-    grads = torch.cat([
-        input_gradient(model, path[i:i + rows],
-                       repeated if callable(repeated) else repeated[i:i + rows])
-        for i in range(0, path.shape[0], rows)
-    ])
-    integral = (weights_t.view(shape) * grads.view(steps, *x.shape)).sum(dim=0)
-    return delta * integral
+    n = x.shape[0]
+    rows = steps * n if batch_size is None else batch_size
+    per_pass = max(1, rows // n)  # whole steps per pass, or one step cut into row slices
+    integral = torch.zeros_like(x)
+    for first in range(0, steps, per_pass):
+        k = min(per_pass, steps - first)
+        shape = (k,) + (1,) * x.dim()
+        for i in range(0, n, rows):
+            j = min(i + rows, n)
+            path = base[i:j] + alphas[first:first + k].view(shape) * delta[i:j]
+            part = target if callable(target) else target[i:j].repeat(k)
+            grad = input_gradient(model, path.reshape(k * (j - i), *x.shape[1:]), part).map
+            integral[i:j] += (weights_t[first:first + k].view(shape)
+                              * grad.view(k, j - i, *x.shape[1:])).sum(dim=0)
+    return Attributed(delta * integral, None)

@@ -1,0 +1,163 @@
+"""The smoothing options as one frozen object, validated once when it is made.
+
+`smooth(model, x, **options)` builds a `SmoothConfig` from its keywords; a config can also be
+made once and passed to many calls (`smooth(model, x, config)`), and `as_dict()` is what a
+batch run records in its manifest. NumPy scalars and 0-d tensors are accepted wherever a
+number is (they are stored as plain Python numbers).
+
+Example:
+    >>> config = SmoothConfig(samples=20, aggregate=("mean", "var"), noise=np.float32(0.1))
+    >>> config.aggregates, config.noise, config.limit
+    (('mean', 'var'), 0.1, 20)
+    >>> SmoothConfig(noise=0.1, stdev=0.2)
+    Traceback (most recent call last):
+    ...
+    ValueError: give either noise (relative) or stdev (absolute), not both
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from torch import Tensor
+
+from smoothgrad.methods import Method, resolve_method
+from smoothgrad.stats import AGGREGATES
+
+__all__ = ["DEFAULT_NOISE", "SmoothConfig", "as_integer", "as_real"]
+
+DEFAULT_NOISE = 0.15
+"""σ as a fraction of each example's value range, when neither noise nor stdev is given."""
+
+
+def _scalar(value: object) -> object:
+    """A 0-d tensor or array, or a NumPy scalar, as the Python number it holds.
+
+    A float32/float16 value is read as the shortest decimal that gives it back
+    (np.float32(0.1) -> 0.1), which is what its writer meant.
+    """
+    if isinstance(value, Tensor) and value.ndim == 0:
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, np.floating):
+        return float(str(value))
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def as_real(name: str, value: object, *, low: float = 0.0, strict: bool = False) -> float:
+    """`value` as a finite float ≥ `low` (> `low` when strict), or a ValueError naming `name`."""
+    number = _scalar(value)
+    if (not isinstance(number, bool) and isinstance(number, numbers.Real)
+            and math.isfinite(float(number))
+            and (float(number) > low if strict else float(number) >= low)):
+        return float(number)
+    relation = ">" if strict else ">="
+    raise ValueError(f"{name} must be a finite number {relation} {low:g}, got {value!r}")
+
+
+def as_integer(name: str, value: object, *, low: int = 0) -> int:
+    """`value` as an int ≥ `low`, or a ValueError naming `name`."""
+    number = _scalar(value)
+    if not isinstance(number, bool) and isinstance(number, numbers.Integral) and int(number) >= low:
+        return int(number)
+    raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SmoothConfig:
+    """How `smooth` averages: see `smooth` for what each option means.
+
+    Validated and normalised on creation: `noise` is DEFAULT_NOISE when neither noise nor
+    stdev is given, numbers are Python numbers, and `aggregate` is a name or a tuple of
+    names (`aggregates` is always the tuple; the first is the result's main map).
+    """
+
+    method: str | Method | Any = "gradient"
+    samples: int | Literal["auto"] = 50
+    noise: float | None = None
+    stdev: float | None = None
+    aggregate: str | tuple[str, ...] = "mean"
+    batch_size: int | Literal["auto"] = "auto"
+    seed: int = 0
+    antithetic: bool = False
+    tol: float = 0.05
+    max_samples: int = 500
+    fast: bool = False
+
+    def __post_init__(self) -> None:
+        resolve_method(self.method)  # raises for an unknown name or a non-callable
+        if self.noise is not None and self.stdev is not None:
+            raise ValueError("give either noise (relative) or stdev (absolute), not both")
+        fixed: dict[str, Any] = {"aggregate": _aggregates(self.aggregate)}
+        if self.stdev is not None:
+            fixed["stdev"] = as_real("stdev", self.stdev)
+        else:
+            fixed["noise"] = as_real("noise", DEFAULT_NOISE if self.noise is None else self.noise)
+        fixed["seed"] = as_integer("seed", self.seed)
+        if self.batch_size != "auto":
+            fixed["batch_size"] = _positive("batch_size", self.batch_size,
+                                            "a positive int or 'auto'")
+        if self.samples == "auto":
+            fixed["tol"] = as_real("tol", self.tol, strict=True)
+            fixed["max_samples"] = _positive("max_samples", self.max_samples, "a positive int")
+        else:
+            fixed["samples"] = _positive("samples", self.samples, "a positive int or auto")
+        for name, value in fixed.items():
+            object.__setattr__(self, name, value)
+        if "var" in self.aggregates and self.limit < 2:
+            raise ValueError("aggregate 'var' needs samples >= 2")
+
+    @property
+    def aggregates(self) -> tuple[str, ...]:
+        """Every aggregate computed, the main one first."""
+        return (self.aggregate,) if isinstance(self.aggregate, str) else self.aggregate
+
+    @property
+    def limit(self) -> int:
+        """The most noisy copies per example: `samples`, or `max_samples` with "auto"."""
+        return self.max_samples if self.samples == "auto" else int(self.samples)
+
+    @property
+    def method_name(self) -> str:
+        """The method's name: a built-in's name, else the callable's or object's type name."""
+        if isinstance(self.method, str):
+            return self.method
+        inner = getattr(self.method, "func", self.method)  # functools.partial
+        return str(getattr(inner, "__name__", type(inner).__name__))
+
+    def replace(self, **changes: Any) -> SmoothConfig:
+        """A copy with some options changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The options as plain values (a method other than a name by its `method_name`)."""
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        values["method"] = self.method_name
+        values["aggregate"] = list(self.aggregates) if len(self.aggregates) > 1 else (
+            self.aggregates[0])
+        return values
+
+
+def _positive(name: str, value: object, kind: str) -> int:
+    number = _scalar(value)
+    if not isinstance(number, bool) and isinstance(number, numbers.Integral) and int(number) >= 1:
+        return int(number)
+    raise ValueError(f"{name} must be {kind}, got {value!r}")
+
+
+def _aggregates(value: object) -> str | tuple[str, ...]:
+    names = (value,) if isinstance(value, str) else tuple(value) if isinstance(
+        value, tuple | list) else (value,)
+    bad = [name for name in names if name not in AGGREGATES]
+    if bad or not names or len(set(names)) != len(names):
+        raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)} (or a tuple of "
+                         f"distinct ones), got {value!r}")
+    return names[0] if len(names) == 1 else names
