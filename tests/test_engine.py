@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from captum.attr import Saliency
 from torch import Tensor, nn
 
 import smoothgrad as sg
-from conftest import ReusedReluCNN, images, seeded
+from conftest import ActivationCNN, ReusedReluCNN, images, seeded
 from smoothgrad.noise import noise_scale, standard_normal
 
 
@@ -82,7 +85,7 @@ def test_zero_noise_is_exactly_the_base_method(cnn: nn.Module, x: Tensor) -> Non
     target = cnn(x).argmax(1)
     for noise in ({"noise": 0.0}, {"stdev": 0.0}):
         result = sg.smooth(cnn, x, method="guided_backprop", samples=30, **noise)
-        assert torch.equal(result.attribution, sg.methods.guided_backprop(cnn, x, target).map)
+        assert torch.equal(result.attribution, sg.methods.guided_backprop(cnn, x, target))
         assert result.samples == 1
         assert not result.stderr.any()
 
@@ -295,3 +298,227 @@ def test_model_left_unchanged_when_the_model_raises(x: Tensor) -> None:
     with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="model"):
         sg.smooth(model, x, samples=3)
     before.assert_same(model)
+
+
+# --------------------------------------------------------- options, results, callbacks (issue 9)
+
+
+def test_config_object_and_keywords_give_the_same_result(cnn: nn.Module, x: Tensor) -> None:
+    config = sg.SmoothConfig(samples=6, noise=0.2, seed=4, aggregate="square")
+    by_config = sg.smooth(cnn, x, config)
+    by_keywords = sg.smooth(cnn, x, samples=6, noise=0.2, seed=4, aggregate="square")
+    assert torch.equal(by_config.attribution, by_keywords.attribution)
+    changed = sg.smooth(cnn, x, config, seed=5)  # a keyword beside the config replaces it
+    assert torch.equal(changed.attribution,
+                       sg.smooth(cnn, x, samples=6, noise=0.2, seed=5,
+                                 aggregate="square").attribution)
+    assert sg.SmoothConfig().noise == sg.DEFAULT_NOISE == 0.15
+    assert config.as_dict()["aggregate"] == "square"
+
+
+def test_every_aggregate_from_the_same_passes(cnn: nn.Module, x: Tensor) -> None:
+    names = ("mean", "abs", "square", "var")
+    result = sg.smooth(cnn, x, samples=9, aggregate=names, batch_size=4)
+    assert result.aggregate == "mean" and result.aggregates == names
+    assert result.inputs is x and result.method == "gradient"
+    for name in names:
+        alone = sg.smooth(cnn, x, samples=9, aggregate=name, batch_size=4)
+        selected = result.select(name)
+        assert selected.aggregate == name
+        torch.testing.assert_close(selected.attribution, alone.attribution)
+        torch.testing.assert_close(selected.stderr, alone.stderr)
+    with pytest.raises(ValueError, match="was not computed"):
+        sg.smooth(cnn, x, samples=2).select("var")
+
+
+def test_callback_sees_every_pass_and_can_stop_the_call(x: Tensor) -> None:
+    model = training_model()
+    seen: list[int] = []
+    with pytest.warns(UserWarning, match="training"):
+        result = sg.smooth(model, x, samples=7, batch_size=6,
+                           callback=lambda partial: seen.append(partial.samples))
+    assert seen == [3, 6, 7] and result.samples == 7
+    before = Snapshot(model)
+
+    def stop(partial: sg.SmoothResult) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.warns(UserWarning, match="training"), pytest.raises(KeyboardInterrupt):
+        sg.smooth(model, x, samples=7, batch_size=6, callback=stop)
+    before.assert_same(model)
+
+
+def _counting(model: nn.Module) -> list[int]:
+    rows: list[int] = []
+    model.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    return rows
+
+
+def test_rows_forwarded_per_method(x: Tensor) -> None:
+    """DeepLIFT's two passes already evaluate the noisy input (no extra forward); integrated
+    gradients pays exactly one forward of the noisy copies for its flip rate."""
+    expected = {"gradient": 2 + 20, "guided_backprop": 2 + 20, "input_x_gradient": 2 + 20,
+                "deeplift": 2 + 2 * 20, "integrated_gradients": 2 + 8 * 20 + 20}
+    for name, count in expected.items():
+        model = seeded(ReusedReluCNN())
+        rows = _counting(model)
+        method = partial(sg.methods.integrated_gradients, steps=8) if name.startswith(
+            "integrated") else name
+        sg.smooth(model, x, method=method, samples=10, batch_size=4)
+        assert sum(rows) == count, name
+
+
+# ------------------------------------------------------------ correctness and robustness (issue 10)
+
+
+def test_antithetic_stderr_is_calibrated_for_every_aggregate() -> None:
+    """ε/−ε pairs are not independent samples: the reported error must match the spread."""
+    model = seeded(nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 3)))
+    x = torch.randn(1, 6, generator=torch.Generator().manual_seed(0))
+    names = ("mean", "abs", "square", "var")
+    runs = [sg.smooth(model, x, samples=20, noise=0.3, seed=s, batch_size=6, antithetic=True,
+                      aggregate=names) for s in range(300)]
+    for name in names:
+        chosen = [r.select(name) for r in runs]
+        spread = torch.stack([r.attribution for r in chosen]).std(0)
+        reported = torch.stack([r.stderr for r in chosen]).square().mean(0).sqrt()
+        ratio = (spread / reported)[reported > 1e-6]
+        assert 0.75 < ratio.median() < 1.25, (name, ratio)
+
+
+def _own_gradient(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+    """A user-written method that runs autograd itself, as the README invites."""
+    x = x.clone().requires_grad_(True)
+    score = model(x).gather(1, target[:, None]).sum()
+    return torch.autograd.grad(score, x)[0]
+
+
+def test_user_methods_and_callers_grad_mode(cnn: nn.Module, x: Tensor) -> None:
+    expected = sg.smooth(cnn, x, samples=4).attribution
+    torch.testing.assert_close(sg.smooth(cnn, x, samples=4, method=_own_gradient).attribution,
+                               expected)
+    with torch.no_grad():
+        inside = sg.smooth(cnn, x, samples=4).attribution
+        assert not torch.is_grad_enabled()
+    torch.testing.assert_close(inside, expected)
+    with torch.inference_mode():
+        made_inside = x.clone()
+        inside = sg.smooth(cnn, made_inside, samples=4, method=_own_gradient).attribution
+        assert torch.is_inference_mode_enabled()
+    torch.testing.assert_close(inside, expected)
+
+
+class EditsItsInput(nn.Module):
+    def __init__(self, first: str) -> None:
+        super().__init__()
+        self.first = first
+        self.net = ReusedReluCNN()
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.first == "sub_":
+            x.sub_(0.5)
+        else:
+            x = nn.functional.relu(x, inplace=True)
+        return self.net(x)
+
+
+@pytest.mark.parametrize("first", ["sub_", "relu_"])
+@pytest.mark.parametrize("method", sorted(sg.methods.BY_NAME))
+def test_in_place_first_operation_leaves_the_callers_input(first: str, method: str) -> None:
+    model = seeded(EditsItsInput(first))
+    x = images(2)
+    kept = x.clone()
+    result = sg.smooth(model, x, method=method, samples=3, batch_size=2)
+    assert torch.equal(x, kept)
+    plain = seeded(EditsItsInput(first))
+    reference = sg.smooth(plain, x.clone(), method=method, samples=3, batch_size=2)
+    torch.testing.assert_close(result.attribution, reference.attribution)
+    assert torch.isfinite(result.attribution).all()
+
+
+def test_integrated_gradients_passes_are_bounded_whatever_the_steps(cnn: nn.Module) -> None:
+    x = images(3)
+    for steps in (8, 200):
+        rows = _counting(cnn)
+        method = partial(sg.methods.integrated_gradients, steps=steps)
+        sg.smooth(cnn, x, method=method, samples=2, batch_size=8)
+        assert max(rows) <= 8, (steps, max(rows))
+        cnn._forward_pre_hooks.clear()
+
+
+_PEAK = """
+import resource, sys, functools, torch, smoothgrad as sg
+from torch import nn
+torch.set_num_threads(1)
+model = nn.Sequential(nn.Conv2d(3, 64, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                      nn.Linear(64, 4)).eval()  # cheap, with large activations (1 MiB a row)
+x = torch.randn(1, 3, 64, 64)
+ig = functools.partial(sg.methods.integrated_gradients, steps=int(sys.argv[1]))
+sg.smooth(model, x, method=ig, samples=1, batch_size=8)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def test_integrated_gradients_peak_memory_does_not_grow_with_steps() -> None:
+    """Peak RSS of a fresh process at steps=200 is close to steps=8 (one pass of all the
+    path's rows took ~400 MiB more here)."""
+    import subprocess
+    import sys
+    peaks = [float(subprocess.run([sys.executable, "-c", _PEAK, str(steps)], check=True,
+                                  capture_output=True, text=True).stdout.split()[-1])
+             for steps in (8, 200)]
+    assert peaks[1] < peaks[0] + 100, peaks  # MiB
+
+
+def test_auto_samples_on_an_input_without_range_warns_once() -> None:
+    model = seeded(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))
+    constant = torch.full((1, 4), 0.3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = sg.smooth(model, constant, samples="auto")
+        quiet = sg.smooth(model, torch.randn(1, 4), samples="auto", noise=0.0)
+    assert [str(w.message)[:30] for w in caught] == ["the input has no range (max = "]
+    assert caught[0].filename == __file__
+    assert result.samples == 1 and not result.stderr.any()
+    assert quiet.samples == 1 and float(quiet.relative_error().max()) == 0
+
+
+def test_numpy_and_zero_dim_tensor_scalars_are_accepted(cnn: nn.Module, x: Tensor) -> None:
+    expected = sg.smooth(cnn, x, samples=4, noise=0.1, seed=3, target=[2, 2], batch_size=3)
+    given = sg.smooth(cnn, x, samples=np.int64(4), noise=np.float32(0.1), seed=np.int64(3),
+                      target=np.array([2, 2]), batch_size=torch.tensor(3))
+    torch.testing.assert_close(given.attribution, expected.attribution)
+    assert torch.equal(sg.smooth(cnn, x, samples=2, target=np.int64(2)).target,
+                       torch.tensor([2, 2]))
+    absolute = sg.smooth(cnn, x, samples=2, stdev=torch.tensor(0.1))
+    torch.testing.assert_close(absolute.sigma, torch.full((2,), 0.1))
+
+
+def test_noise_that_overflows_is_refused(cnn: nn.Module, x: Tensor) -> None:
+    with pytest.raises(ValueError, match="not finite"):
+        sg.smooth(cnn, x, samples=2, noise=1e308)
+
+
+def test_a_method_returning_nan_is_an_error(cnn: nn.Module, x: Tensor) -> None:
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        sg.smooth(cnn, x, samples=2, method=lambda m, batch, t: batch * float("nan"))
+
+
+def test_meta_input_gets_a_hint(cnn: nn.Module) -> None:
+    with pytest.raises(ValueError, match=r"meta device.*real device"):
+        sg.smooth(cnn, torch.empty(1, 3, 8, 8, device="meta"), samples=2)
+
+
+def test_method_warnings_come_once_per_call_at_the_callers_line() -> None:
+    model = seeded(ActivationCNN(lambda t: F.max_pool2d(F.relu(t), 1)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sg.smooth(model, images(2), method="deeplift", samples=6, batch_size=2)
+    assert len(caught) == 1 and "max_pool2d" in str(caught[0].message)
+    assert caught[0].filename == __file__
+
+
+@pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
+def test_captum_saliency_says_it_is_absolute(cnn: nn.Module, x: Tensor) -> None:
+    with pytest.warns(UserWarning, match=r"\|gradient\|.*method='gradient'"):
+        sg.smooth(cnn, x, samples=2, method=Saliency(cnn))

@@ -24,25 +24,25 @@ def test_gradient_equals_analytic_gradient() -> None:
     w1, w2 = model[0].weight, model[2].weight
     active = (x @ w1.T > 0).float()
     expected = torch.stack([(w2[c] * active[i]) @ w1 for i, c in enumerate(target)])
-    torch.testing.assert_close(sg.methods.gradient(model, x, target).map, expected)
-    torch.testing.assert_close(sg.methods.input_x_gradient(model, x, target).map, x * expected)
+    torch.testing.assert_close(sg.methods.gradient(model, x, target), expected)
+    torch.testing.assert_close(sg.methods.input_x_gradient(model, x, target), x * expected)
     assert all(p.grad is None for p in model.parameters())
 
 
 def test_input_x_gradient_equals_captum(cnn: nn.Module, x: Tensor) -> None:
     target = torch.tensor([1, 3])
-    torch.testing.assert_close(sg.methods.input_x_gradient(cnn, x, target).map,
+    torch.testing.assert_close(sg.methods.input_x_gradient(cnn, x, target),
                                InputXGradient(cnn).attribute(x.clone(), target=target))
 
 
 def test_guided_backprop_equals_captum_on_reused_inplace_relu() -> None:
     model, x, target = seeded(ReusedReluCNN()), images(3), torch.tensor([0, 2, 4])
-    ours = sg.methods.guided_backprop(model, x, target).map
+    ours = sg.methods.guided_backprop(model, x, target)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Captum warns about backward hooks on in-place ReLU
         theirs = GuidedBackprop(copy.deepcopy(model)).attribute(x.clone(), target=target)
     torch.testing.assert_close(ours, theirs)
-    assert not torch.allclose(ours, sg.methods.gradient(model, x, target).map)
+    assert not torch.allclose(ours, sg.methods.gradient(model, x, target))
 
 
 class GuidedFunction(torch.autograd.Function):
@@ -94,11 +94,11 @@ def twin(act, reference_act) -> tuple[nn.Module, nn.Module]:  # type: ignore[no-
 def test_guided_backprop_reaches_every_rectifier_form(name: str, act, fn) -> None:  # type: ignore[no-untyped-def]
     model, reference = twin(act, fn)
     x, target = images(3) * 3, torch.tensor([0, 1, 2])
-    ours = sg.methods.guided_backprop(model, x, target).map
+    ours = sg.methods.guided_backprop(model, x, target)
     leaf = x.clone().requires_grad_(True)
     (expected,) = torch.autograd.grad(reference(leaf).gather(1, target[:, None]).sum(), leaf)
     torch.testing.assert_close(ours, expected, msg=name)
-    assert not torch.allclose(ours, sg.methods.gradient(model, x, target).map), name
+    assert not torch.allclose(ours, sg.methods.gradient(model, x, target)), name
 
 
 def test_guided_backprop_warns_about_what_it_leaves_alone() -> None:
@@ -113,12 +113,12 @@ def test_guided_backprop_warns_about_what_it_leaves_alone() -> None:
 def test_integrated_gradients_equals_captum_and_is_complete() -> None:
     model, x, target = seeded(SeparateReluCNN()), images(2), torch.tensor([1, 3])
     baseline = torch.full((1, 3, 8, 8), 0.1)
-    ours = sg.methods.integrated_gradients(model, x, target, steps=64, baseline=baseline).map
+    ours = sg.methods.integrated_gradients(model, x, target, steps=64, baseline=baseline)
     theirs = IntegratedGradients(model).attribute(x, baselines=baseline.expand_as(x),
                                                  target=target, n_steps=64)
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
     chunked = sg.methods.integrated_gradients(model, x, target, steps=64, baseline=baseline,
-                                              batch_size=10).map
+                                              batch_size=10)
     torch.testing.assert_close(chunked, ours)
     with torch.no_grad():
         delta = (model(x) - model(baseline.expand_as(x))).gather(1, target[:, None]).squeeze(1)
@@ -128,13 +128,13 @@ def test_integrated_gradients_equals_captum_and_is_complete() -> None:
 
 def test_deeplift_equals_captum_and_sums_to_delta() -> None:
     model, x, target = seeded(SeparateReluCNN()), images(3), torch.tensor([0, 1, 3])
-    ours = sg.methods.deeplift(model, x, target).map
+    ours = sg.methods.deeplift(model, x, target)
     theirs = DeepLift(copy.deepcopy(model)).attribute(x, target=target)
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
     with torch.no_grad():
         delta = (model(x) - model(torch.zeros_like(x))).gather(1, target[:, None]).squeeze(1)
     torch.testing.assert_close(ours.sum((1, 2, 3)), delta, rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(ours, sg.methods.input_x_gradient(model, x, target).map, atol=1e-4)
+    assert not torch.allclose(ours, sg.methods.input_x_gradient(model, x, target), atol=1e-4)
 
 
 @pytest.mark.parametrize("act", [F.relu, nn.ReLU6(), lambda t: torch.relu_(t),
@@ -142,7 +142,7 @@ def test_deeplift_equals_captum_and_sums_to_delta() -> None:
 def test_deeplift_sums_to_delta_for_every_relu_form(act) -> None:  # type: ignore[no-untyped-def]
     model, x, target = seeded(ActivationCNN(act)), images(2) * 2, torch.tensor([2, 4])
     baseline = torch.full((3, 8, 8), -0.2)
-    ours = sg.methods.deeplift(model, x, target, baseline=baseline).map
+    ours = sg.methods.deeplift(model, x, target, baseline=baseline)
     with torch.no_grad():
         delta = (model(x) - model(baseline.expand_as(x))).gather(1, target[:, None]).squeeze(1)
     torch.testing.assert_close(ours.sum((1, 2, 3)), delta, rtol=1e-5, atol=1e-5)
@@ -159,3 +159,114 @@ def test_smoothgrad_over_every_method_runs_on_noisy_batches(x: Tensor) -> None:
     for name in sg.methods.BY_NAME:
         result = sg.smooth(model, x, method=name, samples=4, batch_size=3)
         assert result.attribution.shape == x.shape and torch.isfinite(result.attribution).all()
+
+
+# ------------------------------------------------------ DeepLIFT beyond plain CNNs (issue 10)
+
+
+class BatchReshaping(nn.Module):
+    """relu(linear(x.reshape(-1, 8))) on (N, T, 8): the batch dimension is folded into rows
+    (an nn.ReLU module, which Captum's DeepLift needs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner, self.relu, self.head = nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden = self.relu(self.inner(x.reshape(-1, 8)))
+        return self.head(hidden).reshape(x.shape[0], -1, 3).sum(dim=1)
+
+
+class BatchMoving(nn.Module):
+    """Moves the batch dimension last before the nonlinearity."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner, self.head = nn.Linear(8, 6), nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden = torch.sigmoid(self.inner(x).permute(1, 2, 0))  # (T, 6, N)
+        return self.head(hidden.permute(2, 0, 1)).sum(dim=1)
+
+
+@pytest.mark.parametrize("model_type", [BatchReshaping, BatchMoving])
+def test_deeplift_reaches_models_that_reshape_the_batch(model_type: type[nn.Module]) -> None:
+    model = seeded(model_type())
+    x = torch.randn(3, 4, 8, generator=torch.Generator().manual_seed(5))
+    target = torch.tensor([0, 2, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning: the rule is applied everywhere
+        ours = sg.methods.deeplift(model, x, target)
+    with torch.no_grad():
+        delta = (model(x) - model(torch.zeros_like(x))).gather(1, target[:, None]).squeeze(1)
+    torch.testing.assert_close(ours.sum((1, 2)), delta, rtol=1e-5, atol=1e-5)
+    if model_type is BatchReshaping:  # Captum pairs halves of dim 0, which holds here
+        theirs = DeepLift(copy.deepcopy(model)).attribute(x, target=target)
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+class Recurrent(nn.Module):
+    def __init__(self, cell: type[nn.RNNBase]) -> None:
+        super().__init__()
+        self.rnn, self.head = cell(8, 6, batch_first=True), nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+def _traced() -> nn.Module:
+    inner = seeded(nn.Sequential(nn.Flatten(), nn.Linear(32, 6), nn.ReLU(), nn.Linear(6, 3)))
+    return torch.jit.trace(inner, torch.randn(1, 4, 8))
+
+
+def _scripted() -> nn.Module:
+    inner = seeded(nn.Sequential(nn.Flatten(), nn.Linear(32, 6), nn.ReLU(), nn.Linear(6, 3)))
+    return torch.jit.script(inner)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize(("make", "named"), [
+    (_traced, r"relu.*TopLevelTracedModule"),
+    (_scripted, r"relu.*RecursiveScriptModule"),
+    (lambda: seeded(Recurrent(nn.LSTM)), r"rnn \(LSTM\)"),
+    (lambda: seeded(Recurrent(nn.GRU)), r"sigmoid ×\d+, tanh ×\d+, rnn \(GRU\)"),
+])
+def test_deeplift_names_what_it_cannot_reach(make, named: str) -> None:  # type: ignore[no-untyped-def]
+    """TorchScript and recurrent layers hide their nonlinearities from the rescale rule: the
+    result would silently be gradient × input, so the warning names the unmodified part."""
+    model = make()
+    x = torch.randn(2, 4, 8, generator=torch.Generator().manual_seed(1))
+    with pytest.warns(UserWarning, match=f"plain gradient.*{named}.*do not sum"):
+        sg.methods.deeplift(model, x, torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2)),
+    lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 6 * 6, 2)),
+])
+def test_deeplift_in_half_precision_is_finite_and_close(make) -> None:  # type: ignore[no-untyped-def]
+    model = seeded(make())
+    shape = (4, 10) if isinstance(model[0], nn.Linear) else (4, 3, 8, 8)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(3))
+    target = torch.tensor([0, 1, 1, 0])
+    full = sg.methods.deeplift(model, x, target)
+    half = sg.methods.deeplift(copy.deepcopy(model).half(), x.half(), target)
+    assert torch.isfinite(half).all()
+    scale = full.abs().max()
+    assert float((half.float() - full).abs().max() / scale) < 0.05
+
+
+@pytest.mark.parametrize("method", sorted(sg.methods.BY_NAME))
+def test_methods_return_the_output_they_computed(method: str, cnn: nn.Module, x: Tensor) -> None:
+    """with_output gives (map, output): the model's output on exactly the given rows, or
+    None (integrated gradients never evaluates x itself); calling gives the map."""
+    target = torch.tensor([1, 3])
+    chosen = sg.methods.BY_NAME[method]
+    attribution, output = chosen.with_output(cnn, x, target)
+    torch.testing.assert_close(attribution, chosen(cnn, x, target))
+    if method == "integrated_gradients":
+        assert output is None
+    else:
+        assert output is not None
+        torch.testing.assert_close(output, cnn(x))

@@ -1,16 +1,19 @@
-"""Base attribution methods, each `(model, x, target) -> Attributed(map, output)`.
+"""Base attribution methods, each `(model, x, target) -> Tensor shaped like x`.
 
-`map` is shaped like `x`; `output` is the model's output on exactly the rows of `x` when the
-method computed it anyway (the engine takes flip rates from it), else None. A user's
-callable may return a plain tensor (the map) instead; `resolve_method` and `attributed`
-accept both, and Captum `Attribution` objects.
+Each built-in is a `BaseMethod`: `method.with_output(model, x, target)` returns
+`Attributed(map, output)`, where `output` is the model's output on exactly the rows of `x`
+when the method computed it anyway (the engine takes flip rates from it), else None. A
+user's callable may return the map or `(map, output)`; `resolve_method` turns any method
+(a name, a callable, a Captum `Attribution` object) into one that `attributed` reads.
 
 Example:
     >>> import torch
     >>> model = torch.nn.Linear(3, 2)
-    >>> attribution, output = gradient(model, torch.ones(1, 3), torch.tensor([1]))
-    >>> attribution.shape, output.shape
-    (torch.Size([1, 3]), torch.Size([1, 2]))
+    >>> gradient(model, torch.ones(1, 3), torch.tensor([1])).shape
+    torch.Size([1, 3])
+    >>> attribution, output = gradient.with_output(model, torch.ones(1, 3), torch.tensor([1]))
+    >>> output.shape
+    torch.Size([1, 2])
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from smoothgrad.methods.base import Attributed
+from smoothgrad.methods.base import Attributed, BaseMethod
 from smoothgrad.methods.deeplift import deeplift
 from smoothgrad.methods.gradient import gradient, input_x_gradient
 from smoothgrad.methods.guided_backprop import guided_backprop
@@ -32,6 +35,7 @@ from smoothgrad.targets import Resolved
 __all__ = [
     "BY_NAME",
     "Attributed",
+    "BaseMethod",
     "Method",
     "attributed",
     "bounded",
@@ -48,7 +52,7 @@ Method = Callable[[nn.Module, Tensor, Resolved],
                   "Attributed | tuple[Tensor, Tensor | None] | Tensor"]
 """A base method: `(model, x, target) -> (map, output or None)`, or just the map."""
 
-BY_NAME: dict[str, Method] = {
+BY_NAME: dict[str, BaseMethod] = {
     "gradient": gradient,
     "input_x_gradient": input_x_gradient,
     "guided_backprop": guided_backprop,
@@ -69,7 +73,11 @@ def resolve_method(method: str | Method | Any) -> Method:
     if isinstance(method, str):
         if method not in BY_NAME:
             raise ValueError(f"unknown method {method!r}; valid: {', '.join(BY_NAME)}")
-        return BY_NAME[method]
+        return BY_NAME[method].with_output
+    if isinstance(method, BaseMethod):
+        return method.with_output
+    if isinstance(method, functools.partial) and isinstance(method.func, BaseMethod):
+        return functools.partial(method.func.with_output, *method.args, **method.keywords)
     attribute: Callable[..., Tensor] | None = getattr(method, "attribute", None)
     if callable(attribute):
         absolute = type(method).__name__ == "Saliency"
@@ -108,7 +116,8 @@ def _integrated(method: object) -> dict[str, Any] | None:
     """The keywords of `integrated_gradients` or a `functools.partial` of it, else None."""
     if method is integrated_gradients or method == "integrated_gradients":
         return {}
-    if isinstance(method, functools.partial) and method.func is integrated_gradients:
+    if isinstance(method, functools.partial) and method.func in (
+            integrated_gradients, integrated_gradients.with_output):
         return dict(method.keywords)
     return None
 

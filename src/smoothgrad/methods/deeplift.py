@@ -4,7 +4,7 @@ Example:
     >>> import torch
     >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
     >>> x = torch.randn(2, 3)
-    >>> a = deeplift(model, x, torch.ones(2, dtype=torch.long)).map
+    >>> a = deeplift(model, x, torch.ones(2, dtype=torch.long))
     >>> expected = model(x)[:, 1] - model(torch.zeros_like(x))[:, 1]
     >>> torch.allclose(a.sum(dim=1), expected, atol=1e-5)
     True
@@ -17,13 +17,14 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from smoothgrad.methods.base import Attributed
+from smoothgrad.methods.base import Attributed, BaseMethod
 from smoothgrad.overrides import Rescaling, unmodified_by_deeplift
 from smoothgrad.targets import Resolved, score
 
 __all__ = ["deeplift"]
 
 
+@BaseMethod
 def deeplift(
     model: nn.Module, x: Tensor, target: Resolved, *, baseline: Tensor | None = None
 ) -> Attributed:

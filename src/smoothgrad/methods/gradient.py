@@ -5,7 +5,7 @@ Example:
     >>> model = torch.nn.Linear(2, 2, bias=False)
     >>> with torch.no_grad():
     ...     _ = model.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
-    >>> gradient(model, torch.zeros(1, 2), torch.tensor([1])).map
+    >>> gradient(model, torch.zeros(1, 2), torch.tensor([1]))
     tensor([[3., 4.]])
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from smoothgrad.methods.base import Attributed
+from smoothgrad.methods.base import Attributed, BaseMethod
 from smoothgrad.targets import Resolved, score
 
 __all__ = ["gradient", "input_gradient", "input_x_gradient"]
@@ -43,11 +43,13 @@ def input_gradient(
     return Attributed(grad, output.detach())
 
 
+@BaseMethod
 def gradient(model: nn.Module, x: Tensor, target: Resolved) -> Attributed:
     """The vanilla gradient of the target score with respect to the input."""
     return input_gradient(model, x, target)
 
 
+@BaseMethod
 def input_x_gradient(model: nn.Module, x: Tensor, target: Resolved) -> Attributed:
     """Gradient × input (Shrikumar et al. 2016)."""
     grad, output = input_gradient(model, x, target)

@@ -3,7 +3,7 @@
 Example:
     >>> import torch
     >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU6(), torch.nn.Linear(2, 1))
-    >>> guided_backprop(model, torch.ones(3, 2), torch.zeros(3, dtype=torch.long)).map.shape
+    >>> guided_backprop(model, torch.ones(3, 2), torch.zeros(3, dtype=torch.long)).shape
     torch.Size([3, 2])
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from smoothgrad.methods.base import Attributed
+from smoothgrad.methods.base import Attributed, BaseMethod
 from smoothgrad.methods.gradient import input_gradient
 from smoothgrad.overrides import guide_rectifiers
 from smoothgrad.targets import Resolved
@@ -19,6 +19,7 @@ from smoothgrad.targets import Resolved
 __all__ = ["guided_backprop"]
 
 
+@BaseMethod
 def guided_backprop(model: nn.Module, x: Tensor, target: Resolved) -> Attributed:
     """The gradient with only positive gradients passed back through each rectifier.
 

@@ -4,7 +4,7 @@ Example:
     >>> import torch
     >>> model = torch.nn.Linear(3, 2)
     >>> x = torch.randn(4, 3)
-    >>> a = integrated_gradients(model, x, torch.zeros(4, dtype=torch.long), steps=8).map
+    >>> a = integrated_gradients(model, x, torch.zeros(4, dtype=torch.long), steps=8)
     >>> expected = model(x)[:, 0] - model(torch.zeros_like(x))[:, 0]
     >>> torch.allclose(a.sum(dim=1), expected, atol=1e-5)
     True
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from smoothgrad.methods.base import Attributed
+from smoothgrad.methods.base import Attributed, BaseMethod
 from smoothgrad.methods.gradient import input_gradient
 from smoothgrad.targets import Resolved
 
@@ -26,6 +26,7 @@ DEFAULT_STEPS = 50
 """Quadrature nodes on the path unless `steps` says otherwise (Captum's default too)."""
 
 
+@BaseMethod
 def integrated_gradients(
     model: nn.Module,
     x: Tensor,
