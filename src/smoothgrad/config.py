@@ -73,11 +73,34 @@ def as_integer(name: str, value: object, *, low: int = 0) -> int:
 
 @dataclass(frozen=True)
 class SmoothConfig:
-    """How `smooth` averages: see `smooth` for what each option means.
+    """How `smooth` averages.
+
+    - noise: σ relative to each example's range, σ = noise · (max − min); 0.15 by default.
+      stdev: an absolute σ instead (Captum's `stdevs`). Not both. σ = 0 gives exactly
+      the base method's attribution (one pass, `samples` = 1); a σ that is not finite is
+      refused. An example with no range (a constant input) gets σ = 0, with a warning.
+    - method: a name in `sg.methods.BY_NAME`, a callable `(model, x, target)` returning the
+      map or `(map, output)` (`functools.partial` for options; it runs with autograd on,
+      whatever the caller's grad mode), or a Captum `Attribution` object.
+    - aggregate: "mean" (SmoothGrad), "abs" (mean |M|), "square" (SmoothGrad², mean M²) or
+      "var" (VarGrad, the unbiased variance over the noisy copies), or a tuple of them: all
+      come from the same passes, the first is `attribution`, `select(name)` gives any one.
+    - samples: noisy copies per example, or "auto": stop once the relative error
+      (`SmoothResult.relative_error`) is ≤ tol for every example of x (checked every
+      AUTO_STEP samples); at most `max_samples`, with a warning if it had not converged.
+    - seed: noise of sample k depends only on (seed, k) and the example's shape, so results
+      are the same for any `batch_size`, alone or in a batch, run after run.
+    - batch_size: rows per forward/backward pass (for integrated gradients each noisy copy
+      is `steps` rows, cut into passes of this size); memory grows with it, never with
+      `samples` or `steps`. "auto" starts from `default_batch_size(device)` and times the
+      call's own passes to find the fastest size (see `smoothgrad.tuning`).
+    - antithetic: noise pairs ε, −ε; standard errors are then taken over pair averages.
+    - fast: explain an optimised copy of the model (see `smoothgrad.fast`), with glibc's
+      malloc keeping freed blocks for the call. The clean prediction uses the model itself.
 
     Validated and normalised on creation: `noise` is DEFAULT_NOISE when neither noise nor
-    stdev is given, numbers are Python numbers, and `aggregate` is a name or a tuple of
-    names (`aggregates` is always the tuple; the first is the result's main map).
+    stdev is given, numbers are Python numbers (NumPy and 0-d tensor scalars accepted), and
+    `aggregate` is a name or a tuple of names (`aggregates` is always the tuple).
     """
 
     method: str | Method | Any = "gradient"

@@ -64,38 +64,19 @@ def smooth(
 ) -> SmoothResult:
     """SmoothGrad of `method` for the batch `x` (N, ...): the aggregate of M(x + ε_k) over k.
 
-    - config: a `SmoothConfig` holding the options below; keywords given beside it replace
-      its fields. Numbers may be Python, NumPy or 0-d tensor scalars.
-    - noise: σ relative to each example's range, σ = noise · (max − min); 0.15 by default.
-      stdev: an absolute σ instead (Captum's `stdevs`). Not both. σ = 0 gives exactly
-      the base method's attribution (one pass, `samples` = 1); a σ that is not finite is
-      refused. An example with no range (a constant input) gets σ = 0, with a warning.
+    The options (method, samples, noise or stdev, aggregate, batch_size, seed, antithetic,
+    tol, max_samples, fast) are those of `SmoothConfig`, which documents each; `config`
+    gives them as one object, and keywords given beside it replace its fields.
+
     - target: None explains each example's clean argmax (kept for every noisy copy); an
       int, or N ints, names classes; a callable `output -> (rows,)` gives a custom score.
-    - method: a name in `sg.methods.BY_NAME`, a callable `(model, x, target)` returning the
-      map or `(map, output)` (`functools.partial` for options; it runs with autograd on,
-      whatever the caller's grad mode), or a Captum `Attribution` object.
-    - aggregate: "mean" (SmoothGrad), "abs" (mean |M|), "square" (SmoothGrad², mean M²) or
-      "var" (VarGrad, the unbiased variance over the noisy copies), or a tuple of them: all
-      come from the same passes, the first is `attribution`, `select(name)` gives any one.
-    - samples: noisy copies per example, or "auto": stop once the relative error
-      (`SmoothResult.relative_error`) is ≤ tol for every example of x (checked every
-      AUTO_STEP samples); at most `max_samples`, with a warning if it had not converged.
-    - seed: noise of sample k depends only on (seed, k) and the example's shape, so results
-      are the same for any `batch_size`, alone or in a batch, run after run.
-    - batch_size: rows per forward/backward pass (for integrated gradients each noisy copy
-      is `steps` rows, cut into passes of this size); memory grows with it, never with
-      `samples` or `steps`. "auto" starts from `default_batch_size(device)` and times the
-      call's own passes to find the fastest size (see `smoothgrad.tuning`).
-    - antithetic: noise pairs ε, −ε; standard errors are then taken over pair averages.
-    - fast: explain an optimised copy of the model (see `smoothgrad.fast`), with glibc's
-      malloc keeping freed blocks for the call. The clean prediction uses the model itself.
     - progress: called after each pass with the number of samples it added (progress bars).
-      callback: called after each pass with the running `SmoothResult` so far; an exception
+    - callback: called after each pass with the running `SmoothResult` so far; an exception
       it raises stops the call.
 
     The model is explained in eval mode with frozen parameters and is restored afterwards;
-    the caller's tensors are never written to. Warnings from the passes are given once per
+    the caller's tensors are never written to, and autograd is on for the passes whatever
+    the caller's grad mode (which is restored). Warnings from the passes are given once per
     call, at the caller's line. A map that is not finite for a finite input is an error.
     """
     options = _options(config, method=method, samples=samples, noise=noise, stdev=stdev,

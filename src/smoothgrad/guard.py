@@ -4,7 +4,7 @@
 - `gradients_on()`: autograd on inside the block whatever the caller's mode
   (`torch.no_grad`, `torch.inference_mode`), which comes back afterwards.
 - `reusing_freed_memory()`: glibc's malloc keeps freed blocks (the fast path's passes).
-- `cudnn_benchmark(enabled)`: cuDNN's autotuner flag.
+- `cudnn_benchmark(enabled)`: cuDNN's autotuner flag (and, if asked, its deterministic one).
 
 Example:
     >>> import torch
@@ -74,14 +74,27 @@ def gradients_on() -> Iterator[None]:
 
 
 @contextmanager
-def cudnn_benchmark(enabled: bool) -> Iterator[None]:
-    """`torch.backends.cudnn.benchmark = enabled` for the block, then the caller's value."""
-    before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = enabled
+def cudnn_benchmark(enabled: bool, *, deterministic: bool | None = None) -> Iterator[None]:
+    """`torch.backends.cudnn.benchmark = enabled` for the block, then the caller's value.
+
+    `deterministic`, if given, sets `torch.backends.cudnn.deterministic` the same way.
+
+    Example:
+        >>> before = torch.backends.cudnn.benchmark
+        >>> with cudnn_benchmark(not before):
+        ...     assert torch.backends.cudnn.benchmark is not before
+        >>> torch.backends.cudnn.benchmark is before
+        True
+    """
+    cudnn = torch.backends.cudnn
+    before = cudnn.benchmark, cudnn.deterministic
+    cudnn.benchmark = enabled
+    if deterministic is not None:
+        cudnn.deterministic = deterministic
     try:
         yield
     finally:
-        torch.backends.cudnn.benchmark = before
+        cudnn.benchmark, cudnn.deterministic = before
 
 
 # glibc mallopt parameters (malloc.h)
