@@ -21,40 +21,43 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from smoothgrad.layers import captured
-from smoothgrad.targets import Target, forward, score
+from smoothgrad.methods.base import Attributed, BaseMethod
+from smoothgrad.targets import Resolved, score
 
 __all__ = ["grad_cam", "grad_cam_plus_plus", "last_conv"]
 
 _MODES = {3: "linear", 4: "bilinear", 5: "trilinear"}
 
 
-def grad_cam(model: nn.Module, x: Tensor, target: Target, *, layer: nn.Module | None = None,
-             relu: bool = True) -> Tensor:
+@BaseMethod
+def grad_cam(model: nn.Module, x: Tensor, target: Resolved, *, layer: nn.Module | None = None,
+             relu: bool = True) -> Attributed:
     """Grad-CAM at `layer` (the model's last convolution by default), shaped like x.
 
     Channel weights are the spatial mean of the gradient; `relu=False` keeps negative
     evidence (Captum's `LayerGradCam` default), upsampled bilinearly.
     """
-    activation, grad = _activation_and_gradient(model, x, target, layer)
+    activation, grad, output = _activation_and_gradient(model, x, target, layer)
     weights = grad.flatten(2).mean(dim=2)
-    return _upsampled(weights, activation, x, relu)
+    return Attributed(_upsampled(weights, activation, x, relu), output)
 
 
-def grad_cam_plus_plus(model: nn.Module, x: Tensor, target: Target, *,
-                       layer: nn.Module | None = None, relu: bool = True) -> Tensor:
+@BaseMethod
+def grad_cam_plus_plus(model: nn.Module, x: Tensor, target: Resolved, *,
+                       layer: nn.Module | None = None, relu: bool = True) -> Attributed:
     """Grad-CAM++ at `layer`: channel weights Σ_ij α_ij · relu(g_ij) with the closed-form α.
 
     α = g² / (2g² + Σ_ab A_ab · g³), with g the gradient of the score (the exponential-score
     form of the paper reduces to this when the score is a logit).
     """
-    activation, grad = _activation_and_gradient(model, x, target, layer)
+    activation, grad, output = _activation_and_gradient(model, x, target, layer)
     total = activation.sum(dim=tuple(range(2, activation.dim())), keepdim=True)
     square = grad.pow(2)
     denominator = 2 * square + total * grad.pow(3)
     alpha = torch.where(grad != 0, square / torch.where(denominator != 0, denominator, 1.0),
                         0.0)
     weights = (alpha * grad.clamp(min=0)).flatten(2).sum(dim=2)
-    return _upsampled(weights, activation, x, relu)
+    return Attributed(_upsampled(weights, activation, x, relu), output)
 
 
 def last_conv(model: nn.Module) -> nn.Module:
@@ -66,12 +69,13 @@ def last_conv(model: nn.Module) -> nn.Module:
     return convs[-1]
 
 
-def _activation_and_gradient(model: nn.Module, x: Tensor, target: Target,
-                             layer: nn.Module | None) -> tuple[Tensor, Tensor]:
+def _activation_and_gradient(model: nn.Module, x: Tensor, target: Resolved,
+                             layer: nn.Module | None) -> tuple[Tensor, Tensor, Tensor]:
     layer = last_conv(model) if layer is None else layer
     leaf = x.detach().requires_grad_(True)
     with torch.enable_grad(), captured(layer) as seen:
-        total = score(forward(model, leaf), target).sum()
+        output = model(leaf.clone())  # a copy: the model may edit its input in place
+        total = score(output, target).sum()
         if len(seen) != 1:
             raise ValueError(f"layer ({type(layer).__name__}) must run exactly once per "
                              f"forward pass, it ran {len(seen)} times")
@@ -80,7 +84,7 @@ def _activation_and_gradient(model: nn.Module, x: Tensor, target: Target,
             raise ValueError(f"grad_cam: the layer output {tuple(activation.shape)} must be "
                              f"shaped (N, channels, ...) like the input {tuple(x.shape)}")
         (grad,) = torch.autograd.grad(total, activation)
-    return activation.detach(), grad
+    return activation.detach(), grad, output.detach()
 
 
 def _upsampled(weights: Tensor, activation: Tensor, x: Tensor, relu: bool) -> Tensor:
