@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import SeparateReluCNN, images, seeded
+from smoothgrad.methods import attributed
 from smoothgrad.methods.grad_cam import grad_cam, grad_cam_plus_plus, last_conv
 
 
@@ -17,7 +18,7 @@ def test_grad_cam_equals_captum_layer_grad_cam_upsampled() -> None:
     model = seeded(SeparateReluCNN())
     x, target = images(3), torch.tensor([0, 1, 2])
     layer = model.features[3]
-    ours = grad_cam(model, x, target, layer=layer)
+    ours = attributed(grad_cam(model, x, target, layer=layer), 3).map
     theirs = LayerGradCam(model, layer).attribute(x, target=target, relu_attributions=True)
     theirs = LayerAttribution.interpolate(theirs, x.shape[2:], interpolate_mode="bilinear")
     torch.testing.assert_close(ours, theirs.expand_as(x), rtol=1e-5, atol=1e-7)
@@ -39,7 +40,7 @@ def test_grad_cam_plus_plus_hand_formula() -> None:
     weights = (alpha * g.clamp(min=0)).sum(dim=(2, 3))
     cam = (weights[:, :, None, None] * a).sum(dim=1, keepdim=True).clamp(min=0)
     expected = F.interpolate(cam, size=(8, 8), mode="bilinear", align_corners=False)
-    ours = grad_cam_plus_plus(model, x.detach(), target, layer=layer)
+    ours = attributed(grad_cam_plus_plus(model, x.detach(), target, layer=layer), 2).map
     torch.testing.assert_close(ours, expected.expand_as(ours), rtol=1e-5, atol=1e-7)
 
 

@@ -106,7 +106,7 @@ class SmoothConfig:
     method: str | Method | Any = "gradient"
     samples: int | Literal["auto"] = 50
     noise: float | None = None
-    stdev: float | None = None
+    stdev: float | Tensor | tuple[float | Tensor, ...] | None = None
     aggregate: str | tuple[str, ...] = "mean"
     batch_size: int | Literal["auto"] = "auto"
     seed: int = 0
@@ -120,7 +120,10 @@ class SmoothConfig:
         if self.noise is not None and self.stdev is not None:
             raise ValueError("give either noise (relative) or stdev (absolute), not both")
         fixed: dict[str, Any] = {"aggregate": _aggregates(self.aggregate)}
-        if self.stdev is not None:
+        if isinstance(self.stdev, tuple | list) or (
+                isinstance(self.stdev, Tensor) and self.stdev.dim() > 0):
+            fixed["stdev"] = self.stdev  # per input or per feature: checked against x by smooth
+        elif self.stdev is not None:
             fixed["stdev"] = as_real("stdev", self.stdev)
         else:
             fixed["noise"] = as_real("noise", DEFAULT_NOISE if self.noise is None else self.noise)

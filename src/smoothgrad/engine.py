@@ -18,8 +18,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import warnings
-from collections.abc import Callable
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -27,8 +27,10 @@ from torch import Tensor, nn
 from smoothgrad import targets
 from smoothgrad.config import SmoothConfig
 from smoothgrad.guard import explaining, gradients_on, reusing_freed_memory
-from smoothgrad.methods import Method, attributed, bounded, resolve_method, rows_per_input
-from smoothgrad.noise import noise_scale, standard_normal
+from smoothgrad.inputs import Extras, bind, examples, repeat_rows, split_method
+from smoothgrad.methods import BY_NAME, Method, attributed, bounded, resolve_method, rows_per_input
+from smoothgrad.noise import standard_normal
+from smoothgrad.outputs import pick
 from smoothgrad.result import SmoothResult, relative_error
 from smoothgrad.stats import SampleStats
 from smoothgrad.tuning import BatchTuner, Passes, default_batch_size
@@ -38,20 +40,23 @@ __all__ = [
     "resolve_method", "smooth",
 ]
 
+X = TypeVar("X", Tensor, tuple[Tensor, ...])
+"""The explained input: one tensor, or a tuple of them (then the maps are tuples too)."""
+
 AUTO_STEP = 10
 """With `samples="auto"`, convergence is checked after every AUTO_STEP samples."""
 
 
 def smooth(
     model: nn.Module,
-    x: Tensor,
+    x: X,
     config: SmoothConfig | None = None,
     *,
     method: str | Method | Any = "gradient",
     target: targets.Requested = None,
     samples: int | Literal["auto"] = 50,
     noise: float | None = None,
-    stdev: float | None = None,
+    stdev: float | Tensor | tuple[float | Tensor, ...] | None = None,
     aggregate: str | tuple[str, ...] = "mean",
     batch_size: int | Literal["auto"] = "auto",
     seed: int = 0,
@@ -61,7 +66,13 @@ def smooth(
     progress: Callable[[int], None] | None = None,
     fast: bool = False,
     callback: Callable[[SmoothResult], None] | None = None,
-) -> SmoothResult:
+    forward_kwargs: Mapping[str, Any] | None = None,
+    layer: nn.Module | None = None,
+    noise_mask: Tensor | None = None,
+    output: Callable[[Any], Tensor] | None = None,
+    method_kwargs: Mapping[str, Any] | None = None,
+    noise_range: Tensor | tuple[Tensor, ...] | None = None,
+) -> SmoothResult[X]:
     """SmoothGrad of `method` for the batch `x` (N, ...): the aggregate of M(x + ε_k) over k.
 
     The options (method, samples, noise or stdev, aggregate, batch_size, seed, antithetic,
@@ -74,21 +85,32 @@ def smooth(
     - callback: called after each pass with the running `SmoothResult` so far; an exception
       it raises stops the call.
 
+    Inputs beyond one floating tensor — x a tuple (integer inputs untouched), forward_kwargs,
+    noise at a `layer` with padding masked, `output` picking, `method_kwargs` (per-example
+    baselines, Captum options), per-feature `stdev`/`noise_range` — are described in
+    `smoothgrad.inputs.Extras`; with a tuple x the maps come back as tuples.
+
     The model is explained in eval mode with frozen parameters and is restored afterwards;
     the caller's tensors are never written to, and autograd is on for the passes whatever
     the caller's grad mode (which is restored). Warnings from the passes are given once per
     call, at the caller's line. A map that is not finite for a finite input is an error.
     """
+    extras = Extras(forward_kwargs, layer, noise_mask, output, noise_range)
+    method, per_call = split_method(method, method_kwargs, examples(x), BY_NAME)
     options = _options(config, method=method, samples=samples, noise=noise, stdev=stdev,
                        aggregate=aggregate, batch_size=batch_size, seed=seed,
                        antithetic=antithetic, tol=tol, max_samples=max_samples, fast=fast)
-    _check_input(x)
+    if extras.plain(x):
+        _check_input(x)
+    elif options.fast:
+        raise ValueError("fast=True explains one floating tensor; it cannot be combined with "
+                         "several inputs, forward_kwargs, layer, noise_mask or output")
     caught: list[warnings.WarningMessage] = []
     try:
         with explaining(model), gradients_on(), contextlib.ExitStack() as session, \
                 warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            run = _Run(model, x, options, target, session)
+            run = _Run(model, x, options, target, session, extras, per_call)
             _loop(run, progress, callback)
             result = run.result(final=True)
     finally:
@@ -148,18 +170,32 @@ def _report(caught: list[warnings.WarningMessage]) -> None:
 
 
 class _Run:
-    """One call's state: the clean target, σ, the pass policy and the running statistics."""
+    """One call's state: the clean target, σ, the pass policy and the running statistics.
 
-    def __init__(self, model: nn.Module, x: Tensor, options: SmoothConfig,
-                 target: targets.Requested, session: contextlib.ExitStack) -> None:
-        self.options, self.inputs = options, x
-        self.x = x.detach().clone() if x.is_inference() else x.detach()
+    What is noised and explained comes from `smoothgrad.inputs`: x itself for one floating
+    tensor, else the floating inputs side by side, or a layer's output.
+    """
+
+    def __init__(self, model: nn.Module, x: Any, options: SmoothConfig,
+                 target: targets.Requested, session: contextlib.ExitStack, extras: Extras,
+                 per_call: dict[str, Any]) -> None:
+        self.options = options
+        subject = extras.prepare(model, x)
+        explained = subject.explained
+        self.x = explained.detach().clone() if explained.is_inference() else explained.detach()
         with torch.no_grad():
-            clean = model(self.x.clone())  # a copy: the model may edit its input in place
+            clean = subject.runner()(self.x.clone())  # a copy: the model may edit its input
+        if subject.direct and not isinstance(clean, Tensor):
+            subject, clean = subject.wrapped(), pick(clean)
+        self.subject, self.per_call = subject, subject.at_layer(per_call)
         self.target = targets.resolve(target, clean)
-        self.sigma = noise_scale(self.x, options.noise, options.stdev)
+        self.sigma = extras.sigma(subject, self.x, options)
+        self.inputs, self.shown_sigma = subject.shown(self.sigma)
+        if subject.direct and subject.layer is None and not subject.several:
+            self.inputs = x
         self.limit = options.limit if self.sigma.any() else 1
-        _warn_without_range(self.sigma, options)
+        _warn_without_range(self.sigma.flatten(1).amax(dim=1) if self.sigma.dim() > 1
+                            else self.sigma, options)
         self.runner = model
         if options.fast:
             from smoothgrad.fast import prepare
@@ -171,36 +207,50 @@ class _Run:
                              limit=self.limit, stops_early=options.samples == "auto",
                              unit=rows_per_input(options.method))
         self.stats = [SampleStats(self.x[part].shape, options.aggregates,
-                                  antithetic=options.antithetic, device=x.device)
+                                  antithetic=options.antithetic, device=self.x.device)
                       for part in self.passes.parts]
-        self.flips = torch.zeros(x.shape[0], device=x.device)
+        self.flips = torch.zeros(self.x.shape[0], device=self.x.device)
         self.done = 0
 
     def add(self, count: int) -> None:
         """Explain the next `count` noisy copies of every example."""
-        noise = standard_normal(self.options.seed, range(self.done, self.done + count),
-                                self.x.shape[1:], antithetic=self.options.antithetic,
-                                device=self.x.device, dtype=self.x.dtype)
-        explain = bounded(self.explain, self.options.method, self.passes.rows)
+        seed, antithetic, indices = (self.options.seed, self.options.antithetic,
+                                     range(self.done, self.done + count))
+        shared = None
+        if self.subject.mask is None:  # the same standard-normal draw for every example
+            shared = standard_normal(seed, indices, self.x.shape[1:], antithetic=antithetic,
+                                     device=self.x.device, dtype=self.x.dtype).unsqueeze(1)
         for part, stats in zip(self.passes.parts, self.stats, strict=True):
-            self.flips[part] += self._pass(explain, part, noise, stats)
+            noise = shared if shared is not None else self.subject.noise(
+                seed, indices, part, antithetic=antithetic)
+            assert noise is not None
+            self.flips[part] += self._pass(part, noise, stats)
         self.done += count
 
-    def _pass(self, explain: Method, part: slice, noise: Tensor, stats: SampleStats) -> Tensor:
+    def _pass(self, part: slice, noise: Tensor, stats: SampleStats) -> Tensor:
         """One pass over the noisy copies x[part] + σ·noise[k]; returns flips per example."""
         x, count, shape = self.x[part], noise.shape[0], self.x.shape[1:]
-        scale = self.sigma[part].view(1, -1, *([1] * len(shape)))
-        batch = (x.unsqueeze(0) + scale * noise.unsqueeze(1)).reshape(-1, *shape)
+        sigma = self.sigma[part]
+        scale = sigma.reshape(*sigma.shape, *([1] * (x.dim() - sigma.dim())))
+        batch = (x.unsqueeze(0) + scale.unsqueeze(0) * noise).reshape(-1, *shape)
         target = self.target if callable(self.target) else self.target[part].repeat(count)
-        attribution, output = attributed(explain(self.runner, batch, target), batch.shape[0])
+        runner = self.runner if self.subject.direct else self.subject.runner(part)
+        rows = self.passes.rows if self.subject.direct else max(
+            x.shape[0], self.passes.rows // x.shape[0] * x.shape[0])  # whole groups of copies
+        explain = bind(bounded(self.explain, self.options.method, rows), self.per_call,
+                       self.subject.n, part, count)
+        attribution, output = attributed(explain(runner, batch, target), batch.shape[0])
         if attribution.shape != batch.shape:
             raise ValueError(f"method must return a tensor shaped like its input "
                              f"{tuple(batch.shape)}, got {tuple(attribution.shape)}")
+        keep = self.subject.keep(part)
+        if keep is not None:  # padding: zero attribution
+            attribution = attribution * repeat_rows(keep, count)
         flipped = torch.zeros(x.shape[0], device=x.device)
         if not callable(target):
             if output is None:  # the method never evaluated the noisy batch itself (IG)
                 with torch.no_grad():
-                    output = self.runner(batch)
+                    output = runner(batch)
             targets.check_logits(output)
             flipped = (output.argmax(dim=1) != target).view(count, -1).sum(dim=0).float()
         stats.update(attribution.detach().reshape(count, *x.shape))
@@ -212,23 +262,24 @@ class _Run:
         return max(float(relative_error(s.stderr(name), s.aggregate(name)).max())
                    for s in self.stats)
 
-    def result(self, *, final: bool = False) -> SmoothResult:
+    def result(self, *, final: bool = False) -> SmoothResult[Any]:
         """The result so far (`final`: the call's, checked to be finite)."""
         dtype, noisy = self.x.dtype, bool(self.sigma.any())
         maps = {}
         for name in self.options.aggregates:
             value = torch.cat([s.aggregate(name) for s in self.stats]).to(dtype)
             stderr = torch.cat([s.stderr(name) for s in self.stats]).to(dtype)
-            maps[name] = (value, stderr if noisy else torch.zeros_like(stderr))
             if final and not bool(torch.isfinite(value).all()):
                 raise FloatingPointError(
                     f"{self.options.method_name} gave a non-finite {name} map for a finite "
                     f"input (in {dtype}); compute in float32 or check the model for overflow")
+            maps[name] = (self.subject.unpack(value),
+                          self.subject.unpack(stderr if noisy else torch.zeros_like(stderr)))
         main = self.options.aggregates[0]
         resolved = None if callable(self.target) else self.target
         return SmoothResult(
             attribution=maps[main][0], stderr=maps[main][1], samples=self.done,
-            target=resolved, sigma=self.sigma, aggregate=main,
+            target=resolved, sigma=self.shown_sigma, aggregate=main,
             flip_rate=None if resolved is None else self.flips / max(self.done, 1),
             inputs=self.inputs, method=self.options.method_name, maps=maps)
 

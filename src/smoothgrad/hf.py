@@ -56,6 +56,7 @@ class TextModel(nn.Module):
     def __init__(self, model: nn.Module, tokenizer: Any, name: str) -> None:
         super().__init__()
         self.model = model
+        self.training = model.training  # the wrapper has no layers of its own
         self.tokenizer = tokenizer
         self.name = name
         id2label = getattr(getattr(model, "config", None), "id2label", None) or {}
@@ -91,13 +92,14 @@ class TextModel(nn.Module):
         tokens: list[str] = self.tokenizer.convert_ids_to_tokens(keep.tolist())
         return tokens
 
-    def top_k(self, encoded: Encoded, k: int = 5) -> list[list[tuple[str, float]]]:
-        """The k most probable labels of each text, with their softmax probabilities."""
+    def top_k(self, encoded: Encoded, k: int = 5) -> list[tuple[str, float]]:
+        """The k most probable labels of the first text, with their softmax probabilities."""
         with torch.no_grad():
-            probabilities = self(encoded.input_ids, **encoded.extra).softmax(dim=1)
-        values, indices = probabilities.topk(min(k, probabilities.shape[1]), dim=1)
-        return [[(self.labels[int(i)], float(v)) for v, i in zip(row_v, row_i, strict=True)]
-                for row_v, row_i in zip(values, indices, strict=True)]
+            probabilities = self(encoded.input_ids[:1], **{
+                key: value[:1] for key, value in encoded.extra.items()}).softmax(dim=1)[0]
+        values, indices = probabilities.topk(min(k, probabilities.shape[0]))
+        return [(self.labels[i], float(v))
+                for v, i in zip(values.tolist(), indices.tolist(), strict=True)]
 
 
 def load(name: str | os.PathLike[str]) -> TextModel:

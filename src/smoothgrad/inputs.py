@@ -31,6 +31,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,9 +49,11 @@ from smoothgrad.layers import (
     sequence_normal,
     substituted,
 )
+from smoothgrad.noise import noise_scale
 from smoothgrad.outputs import OutputFn, check_output_fn, pick
 
-__all__ = ["Subject", "per_rows", "prepare", "repeat_rows"]
+__all__ = ["Extras", "Subject", "bind", "examples", "layer_output", "per_rows", "prepare",
+           "repeat_rows", "split_method"]
 
 Stdev = float | Tensor | Sequence[float | Tensor]
 
@@ -68,14 +72,44 @@ class Subject:
     explained: Tensor
     several: bool
     shapes: tuple[torch.Size, ...] = field(default=())
+    direct: bool = False
 
     @property
     def n(self) -> int:
         return self.explained.shape[0]
 
     def runner(self, part: slice | None = None) -> nn.Module:
-        """The model as a function of the noisy copies of the examples `part` (all: None)."""
-        return _Runner(self, part or slice(0, self.n))
+        """The model as a function of the noisy copies of the examples `part` (all: None);
+        the model itself for a plain call (one floating x, nothing else)."""
+        return self.model if self.direct else _Runner(self, part or slice(0, self.n))
+
+    def wrapped(self) -> Subject:
+        """This subject explained through the wrapper (for a model whose output is not a
+        tensor, found out from the clean pass)."""
+        return dataclasses.replace(self, direct=False)
+
+    def at_layer(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Options with integer baselines (token ids, e.g. all [PAD]) replaced by the layer's
+        output for them, when noise is at a layer."""
+        ids = self.inputs[0]
+        converted = dict(options)
+        for key, value in options.items():
+            if (self.layer is not None and isinstance(value, Tensor) and key.startswith("baseline")
+                    and not value.dtype.is_floating_point and value.dim() == ids.dim()):
+                baseline = (value.to(ids.device).expand_as(ids), *self.inputs[1:])
+                converted[key] = layer_output(self.model, self.layer, baseline, self.kwargs)
+        return converted
+
+    def shown(self, sigma: Tensor) -> tuple[Any, Any]:
+        """What the result reports as `inputs` and `sigma`, in the caller's form."""
+        if self.layer is not None:
+            return self.explained, sigma
+        if not self.several:
+            return self.inputs[0], sigma
+        floats = tuple(self.inputs[i] for i in self.floating)
+        parts = self.unpack(sigma)
+        assert isinstance(parts, tuple)
+        return floats, tuple(_per_example_if_uniform(part) for part in parts)
 
     def unpack(self, value: Tensor) -> Tensor | tuple[Tensor, ...]:
         """A tensor shaped like `explained` back in the caller's form (a tuple if several)."""
@@ -154,6 +188,7 @@ class _Runner(nn.Module):
     def __init__(self, subject: Subject, part: slice) -> None:
         super().__init__()
         self.inner = subject.model
+        self.wrapped_model = subject.model  # Captum's forward function becomes this wrapper
         self.subject = subject
         self.part = part
 
@@ -228,8 +263,9 @@ def prepare(
                          "single x")
     mask = None if noise_mask is None else check_mask(noise_mask, explained.shape).to(
         explained.device)
+    direct = not several and not kwargs and output is None and mask is None
     return Subject(model, inputs, kwargs, None, output, floating, mask, explained,
-                   several=several, shapes=shapes)
+                   several=several, shapes=shapes, direct=direct)
 
 
 def layer_output(model: nn.Module, layer: nn.Module, inputs: Sequence[Tensor],
@@ -249,10 +285,111 @@ def layer_output(model: nn.Module, layer: nn.Module, inputs: Sequence[Tensor],
     return seen[0].detach()
 
 
+@dataclass(frozen=True)
+class Extras:
+    """The options of `smooth` that describe the call's inputs rather than the smoothing.
+
+    - x may be a tuple of tensors: floating ones are noised (σ per input and example; stdev
+      one number, one per floating input, or a tensor broadcastable to one example for a
+      σ per feature), integer and bool ones pass through untouched. `attribution`, `stderr`,
+      `sigma` and `inputs` are then tuples matching the floating inputs.
+    - forward_kwargs: passed to the model; tensors with first dimension N travel with the
+      noisy copies of their example (attention masks, token type ids).
+    - layer: a module of the model (a transformer's input embeddings) whose output is
+      noised and attributed instead of x; padding (noise_mask (N, T), else
+      forward_kwargs["attention_mask"]) gets no noise and zero attribution, and σ is
+      relative to each example's range over its real positions.
+    - output: a callable picking the scores from the model's output; by default a tensor is
+      used as is, a tuple/list gives its first element, a dict or `ModelOutput` its logits.
+    - method_kwargs: options of the base method or of a Captum object (`baselines`,
+      `sliding_window_shapes`, integrated gradients' `steps`, Grad-CAM's `layer`); a tensor
+      with first dimension N is per example (IG/DeepLIFT baselines); at a layer an integer
+      `baseline` (token ids, e.g. all [PAD]) stands for the layer output it gives.
+    - noise_range: σ = noise · noise_range, a per-feature range broadcastable to one example
+      (a tuple of them for several inputs) instead of each example's max − min.
+    """
+
+    forward_kwargs: Mapping[str, Any] | None = None
+    layer: nn.Module | None = None
+    noise_mask: Tensor | None = None
+    output: OutputFn | None = None
+    noise_range: Tensor | Sequence[Tensor] | None = None
+
+    def plain(self, x: object) -> bool:
+        """One tensor x noised itself: the engine's own input checks apply."""
+        return isinstance(x, Tensor) and self.layer is None
+
+    def prepare(self, model: nn.Module, x: Tensor | Sequence[Tensor]) -> Subject:
+        return prepare(model, x, forward_kwargs=self.forward_kwargs, layer=self.layer,
+                       noise_mask=self.noise_mask, output=self.output)
+
+    def sigma(self, subject: Subject, x: Tensor, options: Any) -> Tensor:
+        """σ of the call: `noise_scale` for one tensor and a number, else `Subject.sigma`."""
+        stdev = options.stdev
+        if (subject.mask is None and not subject.several and self.noise_range is None
+                and not isinstance(stdev, Tensor | Sequence)):
+            return noise_scale(x, options.noise, stdev)
+        return subject.sigma(options.noise or 0.0, stdev, self.noise_range)
+
+
+def _per_example_if_uniform(sigma: Tensor) -> Tensor:
+    """σ (N, ...) as (N,) when each example has one σ for all its features."""
+    flat = sigma.flatten(1)
+    return flat[:, 0] if bool((flat == flat[:, :1]).all()) else sigma
+
+
+def examples(x: object) -> int:
+    """N, the number of examples of x (a tensor or a tuple of them); -1 if x is malformed."""
+    first = x[0] if isinstance(x, Sequence) and x else x
+    return int(first.shape[0]) if isinstance(first, Tensor) and first.dim() > 0 else -1
+
+
+def split_method(method: Any, method_kwargs: Mapping[str, Any] | None, n: int,
+                 by_name: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """(the method with its fixed options, the options to pass per call).
+
+    A name or callable with keyword options becomes a `functools.partial` of them (so the
+    engine sees e.g. integrated gradients' `steps`), except tensors whose first dimension is
+    N (per-example baselines), which are passed per call for the rows of each pass. Options
+    of a `functools.partial` the caller made are treated the same. A Captum object gets all
+    its options per call.
+    """
+    options = dict(method_kwargs or {})
+    if not all(isinstance(key, str) for key in options):
+        raise TypeError("method_kwargs must be a dict with str keys")
+    if isinstance(method, functools.partial) and not method.args:
+        options = {**method.keywords, **options}
+        method = method.func
+    if callable(getattr(method, "attribute", None)):
+        return method, options
+    per_call = {key: value for key, value in options.items() if _per_example_value(value, n)}
+    fixed = {key: value for key, value in options.items() if key not in per_call}
+    if not fixed:
+        return method, per_call
+    base = by_name.get(method, method) if isinstance(method, str) else method
+    if isinstance(method, str) and method not in by_name:
+        return method, options  # unknown name: resolve_method names the problem
+    return functools.partial(base, **fixed), per_call
+
+
+def _per_example_value(value: object, n: int) -> bool:
+    """Per-example options (first dimension N), and integer tensors (token-id baselines)."""
+    return isinstance(value, Tensor) and value.dim() > 0 and (
+        value.shape[0] == n or not value.dtype.is_floating_point)
+
+
+def bind(explain: Any, options: Mapping[str, Any], n: int, part: slice, copies: int) -> Any:
+    """`explain` with the per-call `options` cut to the rows of one pass (see `per_rows`)."""
+    if not options:
+        return explain
+    return functools.partial(explain, **{key: per_rows(value, n, part, copies)
+                                         for key, value in options.items()})
+
+
 def _check_inputs(x: object) -> tuple[Tensor, ...]:
     inputs = (x,) if isinstance(x, Tensor) else tuple(x) if isinstance(x, Sequence) else None
     if not inputs or not all(isinstance(t, Tensor) for t in inputs):
-        raise TypeError(f"x must be a tensor or a tuple of tensors, not {type(x).__name__}")
+        raise TypeError(f"x must be a torch.Tensor or a tuple of them, not {type(x).__name__}")
     n = inputs[0].shape[0] if inputs[0].dim() else 0
     for i, t in enumerate(inputs):
         if t.dim() < 1 or t.shape[0] != n or n == 0:
@@ -260,7 +397,7 @@ def _check_inputs(x: object) -> tuple[Tensor, ...]:
                              f"N={n} as x[0], got {tuple(t.shape)}")
         if t.dtype.is_floating_point and not bool(torch.isfinite(t).all()):
             raise ValueError(f"x[{i}] contains NaN or infinite values")
-    return tuple(t.detach() for t in inputs)
+    return inputs
 
 
 def _check_ids(inputs: Sequence[Tensor], layer: nn.Module) -> None:

@@ -14,15 +14,20 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import Generic
 
 import torch
 from torch import Tensor
+from typing_extensions import TypeVar
+
+M = TypeVar("M", bound="Tensor | tuple[Tensor, ...]", default=Tensor)
+"""A map: one tensor, or a tuple of them (one per floating input of a tuple x)."""
 
 __all__ = ["SmoothResult", "relative_error"]
 
 
 @dataclass(frozen=True)
-class SmoothResult:
+class SmoothResult(Generic[M]):
     """What `smooth` returns. Tensors are shaped like x unless noted.
 
     attribution: the aggregated map. stderr: its per-element standard error.
@@ -35,24 +40,23 @@ class SmoothResult:
     (`aggregate` first); `select(name)` gives the result for any of them.
     """
 
-    attribution: Tensor
-    stderr: Tensor
+    attribution: M
+    stderr: M
     samples: int
     target: Tensor | None
-    sigma: Tensor
+    sigma: M
     flip_rate: Tensor | None
     aggregate: str
-    inputs: Tensor | None = None
+    inputs: M | None = None
     method: str = ""
-    maps: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False,
-                                                   compare=False)
+    maps: dict[str, tuple[M, M]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def aggregates(self) -> tuple[str, ...]:
         """The aggregates computed, `aggregate` first."""
         return (self.aggregate, *(name for name in self.maps if name != self.aggregate))
 
-    def select(self, name: str) -> SmoothResult:
+    def select(self, name: str) -> SmoothResult[M]:
         """This result for aggregate `name` (one of `aggregates`), from the same passes."""
         if name == self.aggregate:
             return self
@@ -65,7 +69,14 @@ class SmoothResult:
 
     def relative_error(self) -> Tensor:
         """‖stderr‖ / ‖map‖ per example, (N,): how converged each map is (bias-corrected)."""
-        return relative_error(self.stderr, self.attribution)
+        return relative_error(_flat(self.stderr), _flat(self.attribution))
+
+
+def _flat(value: Tensor | tuple[Tensor, ...]) -> Tensor:
+    """A map as one (N, ...) tensor: a tuple's parts flattened side by side."""
+    if isinstance(value, Tensor):
+        return value
+    return torch.cat([part.flatten(1) for part in value], dim=1)
 
 
 def relative_error(stderr: Tensor, value: Tensor) -> Tensor:

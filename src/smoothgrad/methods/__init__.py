@@ -19,14 +19,15 @@ Example:
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor, nn
 
 from smoothgrad.methods.base import Attributed, BaseMethod
+from smoothgrad.methods.captum import captum_method
 from smoothgrad.methods.deeplift import deeplift
+from smoothgrad.methods.grad_cam import grad_cam, grad_cam_plus_plus
 from smoothgrad.methods.gradient import gradient, input_x_gradient
 from smoothgrad.methods.guided_backprop import guided_backprop
 from smoothgrad.methods.integrated_gradients import DEFAULT_STEPS, integrated_gradients
@@ -40,6 +41,8 @@ __all__ = [
     "attributed",
     "bounded",
     "deeplift",
+    "grad_cam",
+    "grad_cam_plus_plus",
     "gradient",
     "guided_backprop",
     "input_x_gradient",
@@ -58,6 +61,8 @@ BY_NAME: dict[str, BaseMethod] = {
     "guided_backprop": guided_backprop,
     "integrated_gradients": integrated_gradients,
     "deeplift": deeplift,
+    "grad_cam": grad_cam,
+    "grad_cam_plus_plus": grad_cam_plus_plus,
 }
 """The built-in base methods by name."""
 
@@ -78,18 +83,8 @@ def resolve_method(method: str | Method | Any) -> Method:
         return method.with_output
     if isinstance(method, functools.partial) and isinstance(method.func, BaseMethod):
         return functools.partial(method.func.with_output, *method.args, **method.keywords)
-    attribute: Callable[..., Tensor] | None = getattr(method, "attribute", None)
-    if callable(attribute):
-        absolute = type(method).__name__ == "Saliency"
-
-        def captum(model: nn.Module, x: Tensor, target: Resolved) -> Tensor:
-            if absolute:
-                warnings.warn("Captum's Saliency returns |gradient| (its abs=True default), so "
-                              "this is SmoothGrad of the absolute gradient; use "
-                              "method='gradient' for the signed one", stacklevel=2)
-            return attribute(x, target=target)
-
-        return captum
+    if callable(getattr(method, "attribute", None)):
+        return captum_method(method)
     if callable(method):
         return method
     raise TypeError(f"method must be a name, a callable or a Captum Attribution, "
