@@ -1,7 +1,7 @@
-"""Text transformers, several inputs, layer noise, outputs that are not tensors (issue 11).
+"""Text transformers, layer noise, outputs that are not tensors (issue 11).
 
-The BERT here is tiny and random (vocab 99, hidden 32, 2 layers), saved with save_pretrained
-into a temporary directory and loaded back offline; nothing is downloaded.
+The BERT here is tiny and random (`text_models.tiny_bert`), saved with save_pretrained into a
+temporary directory and loaded back offline; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -13,37 +13,13 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+import smoothgrad as sg
 from smoothgrad import outputs, tokens
-from smoothgrad.inputs import layer_output, prepare
+from smoothgrad.inputs import prepare
 from smoothgrad.layers import BLOCK, sequence_normal
-from smoothgrad.methods.gradient import input_x_gradient
-from smoothgrad.methods.integrated_gradients import integrated_gradients
 
 transformers = pytest.importorskip("transformers")
-
-WORDS = [f"w{i}" for i in range(94)]
-"""The tiny vocabulary: 5 special tokens + w0..w93 = 99 ids."""
-
-
-def _vocab(directory: Path) -> Path:
-    path = directory / "vocab.txt"
-    path.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    return path
-
-
-def tiny_bert(directory: Path, seed: int = 0) -> Path:
-    """A random tiny BERT classifier + tokenizer written with save_pretrained to `directory`."""
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(
-        vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=37, num_labels=2, id2label={0: "negative", 1: "positive"},
-        label2id={"negative": 0, "positive": 1}, hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0)
-    model = transformers.BertForSequenceClassification(config).eval()
-    tokenizer = transformers.BertTokenizer(str(_vocab(directory)))
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+from text_models import WORDS, hit_rate, sentences, tiny_bert, train_planted  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +53,8 @@ def test_hf_load_offline_labels_embeddings(bert: nn.Module, bert_dir: Path) -> N
         "[CLS]", "w4", "[SEP]"]
     assert bert(encoded.input_ids, **encoded.extra).shape == (2, 2)
     top = bert.top_k(encoded, k=2)
-    assert [label for label, _ in top[0]] in (["negative", "positive"], ["positive", "negative"])
+    assert sorted(label for label, _ in top) == ["negative", "positive"]
+    assert sum(p for _, p in top) == pytest.approx(1.0)
 
 
 def test_hf_load_names_the_problem(tmp_path: Path) -> None:
@@ -109,25 +86,6 @@ def test_outputs_tensor_tuple_dict_modeloutput() -> None:
 
 
 # ---- layer noise and the runner ----------------------------------------------------------
-
-def test_runner_at_noise_zero_equals_captum_layer_methods(bert: nn.Module) -> None:
-    from captum.attr import LayerGradientXActivation, LayerIntegratedGradients
-
-    ids, mask = _ids(["w1 w2 w3 w4 w5", "w6 w7"], bert)
-    target = torch.tensor([0, 1])
-    subject = prepare(bert, ids, forward_kwargs={"attention_mask": mask}, layer=bert.embeddings)
-    runner = subject.runner()
-    ours = input_x_gradient(runner, subject.explained, target)
-    theirs = LayerGradientXActivation(bert, bert.embeddings).attribute(
-        ids, target=target, additional_forward_args=(mask,))
-    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
-    pads = torch.zeros_like(ids)
-    baseline = layer_output(bert, bert.embeddings, (pads,), {"attention_mask": mask})
-    ours = integrated_gradients(runner, subject.explained, target, baseline=baseline, steps=20)
-    theirs = LayerIntegratedGradients(bert, bert.embeddings).attribute(
-        ids, baselines=pads, target=target, additional_forward_args=(mask,), n_steps=20)
-    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
-
 
 def test_sequence_noise_ignores_padding_length_and_batch() -> None:
     alone = torch.ones(1, 5, dtype=torch.bool)
@@ -245,3 +203,120 @@ def test_token_html_ansi_and_figure() -> None:
     assert len(figure.axes) == 2
     with pytest.raises(ValueError, match="2 entries for 3 tokens"):
         tokens.TokenScores(["a", "b", "c"], [1.0, 2.0])
+
+
+# ---- sg.smooth at a layer ----------------------------------------------------------------
+
+def test_smooth_at_noise_zero_equals_captum_layer_methods(bert: nn.Module) -> None:
+    from captum.attr import LayerGradientXActivation, LayerIntegratedGradients
+
+    ids, mask = _ids(["w1 w2 w3 w4 w5", "w6 w7"], bert)
+    options = {"layer": bert.embeddings, "forward_kwargs": {"attention_mask": mask},
+               "noise": 0.0}
+    result = sg.smooth(bert, ids, method="input_x_gradient", **options)
+    theirs = LayerGradientXActivation(bert, bert.embeddings).attribute(
+        ids, target=result.target, additional_forward_args=(mask,))
+    torch.testing.assert_close(result.attribution, theirs * mask[..., None], rtol=1e-5,
+                               atol=1e-7)
+    assert result.samples == 1 and result.inputs.shape == (2, ids.shape[1], 32)
+    pads = torch.zeros_like(ids)  # [PAD] everywhere: its layer output is the baseline
+    result = sg.smooth(bert, ids, method="integrated_gradients", **options,
+                       method_kwargs={"baseline": pads, "steps": 20})
+    theirs = LayerIntegratedGradients(bert, bert.embeddings).attribute(
+        ids, baselines=pads, target=result.target, additional_forward_args=(mask,),
+        n_steps=20)
+    torch.testing.assert_close(result.attribution, theirs * mask[..., None], rtol=1e-4,
+                               atol=1e-6)
+
+
+def test_smooth_at_a_layer_equals_a_hand_loop_over_inputs_embeds(bert: nn.Module) -> None:
+    ids, mask = _ids(["w1 w2 w3 w4 w5 w6", "w7 w8"], bert)
+    result = sg.smooth(bert, ids, layer=bert.embeddings, forward_kwargs={"attention_mask": mask},
+                       samples=6, noise=0.1, seed=4, batch_size=4)
+    clean = bert.embeddings(ids).detach()
+    sigma = torch.stack([0.1 * (clean[i][mask[i].bool()].max() - clean[i][mask[i].bool()].min())
+                         for i in range(2)])
+    noise = sequence_normal(4, range(6), mask.bool(), (32,))
+    total = torch.zeros_like(clean)
+    for k in range(6):
+        embeds = (clean + sigma[:, None, None] * noise[k]).requires_grad_(True)
+        logits = bert.model(inputs_embeds=embeds, attention_mask=mask).logits
+        (grad,) = torch.autograd.grad(logits.gather(1, result.target[:, None]).sum(), embeds)
+        total += grad * mask[..., None]
+    torch.testing.assert_close(result.attribution, total / 6, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(result.sigma, sigma)
+
+
+def test_hf_model_output_is_read_by_its_logits(bert: nn.Module) -> None:
+    ids, mask = _ids(["w1 w2 w3", "w4"], bert)
+    options = {"forward_kwargs": {"attention_mask": mask}, "samples": 3}
+    wrapped = sg.smooth(bert, ids, layer=bert.embeddings, **options)
+    raw = sg.smooth(bert.model, ids, layer=bert.embeddings, **options)  # a ModelOutput
+    assert torch.equal(wrapped.attribution, raw.attribution)
+
+
+def test_padding_and_batching_do_not_change_a_sentence_map(bert: nn.Module) -> None:
+    def smoothed(texts: list[str], length: int) -> Tensor:
+        ids, mask = _ids(texts, bert, length)
+        result = sg.smooth(bert, ids, layer=bert.embeddings, samples=4, seed=1, target=1,
+                           forward_kwargs={"attention_mask": mask}, batch_size=3)
+        assert not result.attribution[0][~mask[0].bool()].any()  # padding: zero attribution
+        return result.attribution[0, : int(mask[0].sum())]
+
+    alone = smoothed(["w3 w4 w5"], 8)
+    torch.testing.assert_close(smoothed(["w3 w4 w5"], 64), alone, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(smoothed(["w3 w4 w5", " ".join(WORDS[:30])], 40), alone,
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_integer_inputs_untouched_and_model_unchanged(bert: nn.Module) -> None:
+    ids, mask = _ids(["w1 w2 w3"], bert)
+    ids_copy, mask_copy = ids.clone(), mask.clone()
+    state = {k: v.clone() for k, v in bert.state_dict().items()}
+    hooks = sum(len(m._forward_hooks) for m in bert.modules())
+    bert.train()
+    with pytest.warns(UserWarning, match="training mode"):
+        sg.smooth(bert, ids, layer=bert.embeddings, samples=2,
+                  forward_kwargs={"attention_mask": mask})
+    assert bert.training and all(p.requires_grad for p in bert.parameters())
+    bert.eval()
+    assert torch.equal(ids, ids_copy) and ids.dtype == torch.long and torch.equal(mask, mask_copy)
+    assert all(torch.equal(v, state[k]) for k, v in bert.state_dict().items())
+    assert sum(len(m._forward_hooks) for m in bert.modules()) == hooks
+
+
+def test_smooth_errors_name_the_argument(bert: nn.Module) -> None:
+    ids, mask = _ids(["w1 w2"], bert)
+    with pytest.raises(TypeError, match="x: token ids must be an integer"):
+        sg.smooth(bert, ids.float(), layer=bert.embeddings)
+    with pytest.raises(ValueError, match="attention_mask"):
+        sg.smooth(bert, ids, layer=bert.embeddings, forward_kwargs={"attention_mask": mask[:, 1:]})
+    with pytest.raises(ValueError, match="layer"):
+        sg.smooth(bert, ids, layer=nn.Embedding(3, 3))
+    with pytest.raises(TypeError, match="x must be a floating-point tensor"):
+        sg.smooth(bert, ids)  # token ids without layer=: still the old message
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> nn.Module:
+    """A tiny BERT trained (200 Adam steps, a few seconds) to find the trigger word."""
+    from smoothgrad import hf
+
+    return train_planted(hf.load(f"hf:{tiny_bert(tmp_path_factory.mktemp('planted'), seed=1)}"))
+
+
+HIT_RATE = {"gradient": 0.8, "input_x_gradient": 0.8, "integrated_gradients": 0.8}
+
+
+@pytest.mark.parametrize("method", list(HIT_RATE))
+def test_planted_trigger_ranks_first(planted: nn.Module, method: str) -> None:
+    from smoothgrad.text import explain_text
+
+    texts, labels, where = sentences(30, torch.Generator().manual_seed(99))
+    options = {"steps": 8} if method == "integrated_gradients" else {}
+    shown = explain_text(planted, texts, method=method, samples=10, seed=0,
+                         reduce="norm", method_kwargs=options)
+    assert torch.equal(shown.result.target, labels)  # the model learned the task
+    rate = hit_rate(shown.texts, where)
+    print(f"planted trigger hit rate, {method}: {rate:.2f}")
+    assert rate >= HIT_RATE[method]
