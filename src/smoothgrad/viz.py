@@ -18,8 +18,8 @@ registry grows. matplotlib is imported inside the functions that need it.
 from __future__ import annotations
 
 import difflib
+import io
 import os
-import secrets
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +31,8 @@ import numpy.typing as npt
 import torch
 from PIL import Image
 
+from smoothgrad.files import write_all
+
 if TYPE_CHECKING:
     from matplotlib.colors import Colormap
     from matplotlib.figure import Figure
@@ -40,10 +42,12 @@ __all__ = [
     "Picture",
     "Reduce",
     "Row",
+    "Style",
     "colorize",
     "comparison_figure",
     "convergence_figure",
     "overlay",
+    "png_bytes",
     "process",
     "row_figure",
     "save",
@@ -95,13 +99,8 @@ def process(
     >>> process(np.array([[0.0, 1.0], [4.0, -4.0]]), percentile=100, skew=1.0).tolist()
     [[0.0, 0.25], [1.0, 1.0]]
     """
-    _check_choice("activation", activation, Activation)
+    _check_options(activation, percentile, skew)
     _check_choice("reduce", reduce, Reduce)
-    if not 0.0 < percentile <= 100.0:
-        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
-    if not (np.isfinite(skew) and skew > 0.0):
-        raise ValueError(f"skew must be a positive number, got {skew}")
-
     values = _as_chw(attribution)
     if activation == "abs":
         values = np.abs(values)
@@ -123,6 +122,46 @@ def process(
     scaled = np.clip(reduced / scale, -1.0, 1.0)
     skewed: npt.NDArray[np.float64] = np.sign(scaled) * np.abs(scaled) ** skew
     return skewed.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Style:
+    """How maps are shown: ``process``'s activation, percentile and skew, and the colormap.
+
+    Checked when made, so a bad option fails before any work.
+
+    >>> Style(percentile=101)
+    Traceback (most recent call last):
+    ...
+    ValueError: percentile must be in (0, 100], got 101
+    >>> Style().picture(np.ones((3, 2, 2))).shape
+    (2, 2, 3)
+    """
+
+    activation: Activation = "abs"
+    skew: float = 0.5
+    percentile: float = 99.0
+    colormap: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_options(self.activation, self.percentile, self.skew)
+        if self.colormap is not None:
+            _colormap(self.colormap)
+
+    def process(self, attribution: torch.Tensor | npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """:func:`process` with this style."""
+        return process(attribution, activation=self.activation, percentile=self.percentile,
+                       skew=self.skew)
+
+    def picture(self, attribution: torch.Tensor | npt.ArrayLike) -> npt.NDArray[np.uint8]:
+        """The attribution as an RGB map: :func:`process`, then :func:`colorize`."""
+        return colorize(self.process(attribution), colormap=self.colormap,
+                        activation=self.activation)
+
+    @property
+    def colors(self) -> dict[str, Any]:
+        """The figure functions' colour keywords (``colormap``, ``activation``)."""
+        return {"colormap": self.colormap, "activation": self.activation}
 
 
 def colorize(
@@ -227,27 +266,19 @@ def row_figure(
     >>> [ax.get_title() for ax in fig.axes]
     ['σ=0.10', 'σ=0.20']
     """
-    return _grid_figure(
-        [list(images)],
-        titles=titles,
-        row_labels=None,
-        suptitle=suptitle,
-        colormap=colormap,
-        activation=activation,
-        panel_size=panel_size,
-        dpi=dpi,
-    )
+    return _grid_figure([list(images)], titles, None, colormap, activation, suptitle=suptitle,
+                        panel_size=panel_size, dpi=dpi)
 
 
 def comparison_figure(
     rows: Sequence[Row],
     *,
     titles: Sequence[str] | None = ("Input", "Gradient", "SmoothGrad"),
-    suptitle: str | None = None,
     colormap: str | None = None,
     activation: Activation = "abs",
-    panel_size: float = 2.5,
+    suptitle: str | None = None,
     dpi: float = 100.0,
+    panel_size: float = 2.5,
 ) -> Figure:
     """A grid like the SmoothGrad paper's Figures 4-5: per row, input | maps....
 
@@ -265,16 +296,10 @@ def comparison_figure(
     map_counts = {len(row.maps) for row in rows}
     if len(map_counts) != 1:
         raise ValueError(f"every row needs the same number of maps, got {sorted(map_counts)}")
-    return _grid_figure(
-        [[row.image, *row.maps] for row in rows],
-        titles=titles,
-        row_labels=[row.label for row in rows],
-        suptitle=suptitle,
-        colormap=colormap,
-        activation=activation,
-        panel_size=panel_size,
-        dpi=dpi,
-    )
+    grid = [[row.image, *row.maps] for row in rows]
+    labels = [row.label for row in rows]
+    return _grid_figure(grid, titles, labels, colormap, activation, suptitle=suptitle,
+                        panel_size=panel_size, dpi=dpi)
 
 
 def convergence_figure(
@@ -361,7 +386,7 @@ def save(
         return lambda file: fig.savefig(file, format=fmt, dpi=resolution)
 
     try:
-        return _write_atomically(
+        return write_all(
             {
                 target.with_name(f"{target.name}.{fmt.lower()}"): writer(fmt.lower())
                 for fmt in formats
@@ -379,12 +404,29 @@ def save_heatmap_png(rgb: npt.ArrayLike, path: str | os.PathLike[str]) -> Path:
     >>> save_heatmap_png(colorize(np.zeros((4, 4))), "/tmp/sg_map.png")  # doctest: +SKIP
     PosixPath('/tmp/sg_map.png')
     """
+    return write_all({Path(path): png_bytes(rgb)})[0]
+
+
+def png_bytes(rgb: npt.ArrayLike) -> bytes:
+    """A uint8 ``(H, W, 3)`` array (``colorize``/``overlay`` output) as the bytes of a PNG.
+
+    >>> png_bytes(colorize(np.zeros((4, 4))))[:4]
+    b'\\x89PNG'
+    """
     pixels = np.asarray(rgb)
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
         raise ValueError(f"expected uint8 (H, W, 3), got {pixels.dtype} {pixels.shape}")
-    picture = Image.fromarray(pixels)
-    target = Path(path)
-    return _write_atomically({target: lambda file: picture.save(file, format="PNG")})[0]
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _check_options(activation: str, percentile: float, skew: float) -> None:
+    _check_choice("activation", activation, Activation)
+    if not 0.0 < percentile <= 100.0:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    if not (np.isfinite(skew) and skew > 0.0):
+        raise ValueError(f"skew must be a positive number, got {skew}")
 
 
 def _check_choice(name: str, value: str, choices: Any) -> None:
@@ -455,12 +497,12 @@ def _panel_rgb(
 
 def _grid_figure(
     grid: Sequence[Sequence[Picture]],
-    *,
     titles: Sequence[str] | None,
     row_labels: Sequence[str] | None,
-    suptitle: str | None,
     colormap: str | None,
     activation: Activation,
+    *,
+    suptitle: str | None,
     panel_size: float,
     dpi: float,
 ) -> Figure:
@@ -487,24 +529,3 @@ def _grid_figure(
     if suptitle:
         fig.suptitle(suptitle)
     return fig
-
-
-def _write_atomically(writers: dict[Path, Callable[[IO[bytes]], None]]) -> list[Path]:
-    """Write every file to a temporary sibling, then rename them all into place."""
-    temporaries: dict[Path, Path] = {}
-    try:
-        for target, write in writers.items():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            temporaries[target] = temporary
-            with os.fdopen(descriptor, "wb") as file:
-                write(file)
-                file.flush()
-                os.fsync(file.fileno())
-        for target, temporary in temporaries.items():
-            os.replace(temporary, target)
-    finally:
-        for temporary in temporaries.values():
-            temporary.unlink(missing_ok=True)
-    return list(writers)

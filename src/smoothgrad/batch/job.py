@@ -1,0 +1,131 @@
+"""What a batch run is asked to do: one typed, checked object (the command line builds it).
+
+Example:
+    >>> job = Job("photos/", Path("maps"), samples=20, figures=viz.Style(percentile=98))
+    >>> job.samples, job.figures.percentile
+    (20, 98)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import smoothgrad
+from smoothgrad import viz
+from smoothgrad.batch.sources import BatchError
+from smoothgrad.batch.store import Settings, model_fingerprint
+from smoothgrad.engine import default_batch_size
+from smoothgrad.methods import BY_NAME
+from smoothgrad.models import DEFAULT_MODEL
+from smoothgrad.stats import AGGREGATES
+
+__all__ = ["DTYPES", "Job", "images_per_batch"]
+
+DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class Job:
+    """A `smoothgrad batch` run: inputs, output folder, model, smoothing and output options.
+
+    ``input`` is a folder, a list file, a glob or an image (see :func:`collect`); ``figures``
+    is the style of the PNG maps, or None for none; ``target`` a class index or label, None
+    for each image's prediction; ``workers`` decoding processes per rank (None: automatic);
+    ``progress`` shows a progress bar on a terminal. The other fields are the options of
+    :func:`smoothgrad.smooth` and of the command line.
+    """
+
+    input: str
+    out: Path
+    model: str = DEFAULT_MODEL
+    weights: Path | None = None
+    device: str = "cpu"
+    method: str = "gradient"
+    samples: int | str = 50
+    noise: float | None = None
+    stdev: float | None = None
+    aggregate: str = "mean"
+    seed: int = 0
+    antithetic: bool = False
+    batch_size: int | str = "auto"
+    tol: float = 0.05
+    max_samples: int = 500
+    target: int | str | None = None
+    dtype: str = "float32"
+    figures: viz.Style | None = None
+    images_per_batch: int | str = "auto"
+    workers: int | None = None
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [(self.method in BY_NAME, f"method {self.method!r} is not one of "
+                                           f"{', '.join(BY_NAME)}"),
+                  (self.aggregate in AGGREGATES, f"aggregate {self.aggregate!r} is not one of "
+                                                 f"{', '.join(AGGREGATES)}"),
+                  (self.dtype in DTYPES, f"dtype {self.dtype!r} is not one of "
+                                         f"{', '.join(DTYPES)}"),
+                  (self.weights is None or os.path.isfile(self.weights),
+                   f"--weights: no such file '{self.weights}'")]
+        for ok, message in checks:
+            if not ok:
+                raise BatchError(message)
+
+    def smoothing(self) -> dict[str, Any]:
+        """The keyword arguments of `smooth` (without target and batch size)."""
+        return {"method": self.method, "samples": self.samples, "noise": self.noise,
+                "stdev": self.stdev, "aggregate": self.aggregate, "seed": self.seed,
+                "antithetic": self.antithetic, "tol": self.tol,
+                "max_samples": self.max_samples}
+
+    def settings(self, model: nn.Module, device: torch.device, target: int | None) -> Settings:
+        """The manifest of this job with `model` (the user's module) on `device`."""
+        rows = default_batch_size(device) if self.batch_size == "auto" else int(self.batch_size)
+        group = images_per_batch(self.images_per_batch, rows, self.samples)
+        options: dict[str, Any] = {
+            "model": _model_spec(self.model),
+            "model_sha256": model_fingerprint(model),
+            "method": self.method,
+            "samples": self.samples,
+            "noise": (0.15 if self.noise is None else self.noise) if self.stdev is None else None,
+            "stdev": self.stdev,
+            "aggregate": self.aggregate,
+            "seed": self.seed,
+            "antithetic": self.antithetic,
+            "target": target,
+            "dtype": self.dtype,
+            "figures": asdict(self.figures) if self.figures is not None else None,
+        }
+        if self.samples == "auto":
+            options.update(tol=self.tol, max_samples=self.max_samples)
+        numerics = {"device": device.type, "batch_size": rows, "images_per_batch": group,
+                    "threads": torch.get_num_threads() if device.type == "cpu" else None,
+                    "torch": torch.__version__, "smoothgrad": smoothgrad.__version__}
+        return Settings(options, numerics, rows, group, target)
+
+
+def images_per_batch(requested: int | str, rows: int, samples: int | str) -> int:
+    """Images explained together: `requested`, or (auto) as many as fill one pass.
+
+    Example:
+        >>> images_per_batch("auto", 64, 10), images_per_batch("auto", 8, 50)
+        (6, 1)
+    """
+    if samples == "auto":
+        return 1  # adaptive n stops when all images of a call converge: keep them apart
+    if isinstance(requested, int):
+        return requested
+    return max(1, rows // int(samples))
+
+
+def _model_spec(spec: str) -> str:
+    where, colon, attr = spec.rpartition(":")
+    if colon and (where.endswith(".py") or "/" in where or "\\" in where):
+        return f"{os.path.abspath(where)}:{attr}"
+    return spec

@@ -1,0 +1,283 @@
+"""The output folder of a batch run: its lock, manifest (run.json), records and index.
+
+Layout (see :mod:`smoothgrad.batch`): ``run.json`` holds the options that give the outputs
+their meaning; ``records/KEY.json`` marks an image finished (written after its array and
+figure); ``index.csv`` is rebuilt from the records at the end of every run.
+
+Example:
+    >>> groups_for([0, 1, 4, 5, 6], 7, 2, 0, 2)
+    [[0, 1], [6]]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from smoothgrad.batch.sources import SUFFIXES, BatchError, Source, output_clashes
+from smoothgrad.files import csv_text, json_bytes, npy_bytes, sync_folder, write_atomically
+
+__all__ = ["INDEX", "INDEX_COLUMNS", "LOCK", "MANIFEST", "Lock", "Plan", "Settings",
+           "groups_for", "model_fingerprint", "plan", "read_record", "write_failure",
+           "write_index", "write_outputs"]
+
+INDEX_COLUMNS = ("path", "array", "status", "target", "label", "probability", "samples",
+                 "flip_rate", "error")
+MANIFEST, INDEX, LOCK = "run.json", "index.csv", ".smoothgrad.lock"
+FORMAT = 1
+_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
+_TRASH = ".smoothgrad-trash-"
+
+
+class Lock:
+    """DIR/.smoothgrad.lock, held shared by every rank of a run until it exits.
+
+    A new run's rank 0 must get it exclusively before it touches DIR, so a rerun refuses to
+    start while any rank of another run is alive (e.g. the ranks of a `kill -9`ed torchrun,
+    which starts them in their own sessions, so they outlive it). Where the file system has
+    no locks, nothing is checked.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / LOCK
+        self.file: Any = None
+
+    def take(self, *, exclusive: bool) -> bool:
+        """Lock (exclusive: without waiting); False when another process holds it."""
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            return True
+        if self.file is None:
+            self.file = open(self.path, "a")  # noqa: SIM115  (held until the process ends)
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
+        except BlockingIOError:
+            return False
+        except OSError:  # no locks on this file system
+            return True
+        return True
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+# ----------------------------------------------------------------------------- manifest
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of the model's parameters and buffers (names, types, shapes and bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)};".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class Settings:
+    """What a batch run computes; `options` must match on resume, `numerics` only warn."""
+
+    options: dict[str, Any]
+    numerics: dict[str, Any]
+    rows: int
+    group: int
+    target: int | None
+
+    def manifest(self) -> dict[str, Any]:
+        return {"format": FORMAT, "options": self.options, "numerics": self.numerics}
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return [f"{name} {old.get(name)!r} -> {new.get(name)!r}"
+            for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
+
+
+def _read_manifest(out: Path) -> dict[str, Any] | None:
+    try:
+        text = (out / MANIFEST).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        manifest = json.loads(text)
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("options"), dict):
+            raise ValueError
+    except ValueError:
+        raise BatchError(f"'{out / MANIFEST}' is not a smoothgrad batch manifest; "
+                         "use another --out, or --overwrite to start over") from None
+    return manifest
+
+
+def _discard(out: Path) -> None:
+    """Move this command's outputs into a trash folder (one rename each), then delete it."""
+    trash = out / f"{_TRASH}{secrets.token_hex(4)}"
+    trash.mkdir()
+    for name in (*SUFFIXES, INDEX):
+        if (out / name).exists():
+            os.replace(out / name, trash / name)
+    sync_folder(out)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _clean(out: Path) -> int:
+    """Delete temporary files and trash left by killed runs; returns how many went."""
+    removed = 0
+    for entry in out.iterdir():
+        if entry.name.startswith(_TRASH):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed += 1
+        elif _TEMPORARY.match(entry.name):
+            entry.unlink(missing_ok=True)
+            removed += 1
+    for tree in SUFFIXES:
+        for folder, _, files in os.walk(out / tree):
+            for name in files:
+                if _TEMPORARY.match(name):
+                    Path(folder, name).unlink(missing_ok=True)
+                    removed += 1
+    return removed
+
+
+# ---------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class Plan:
+    """Rank 0's decisions, sent to every rank."""
+
+    sources: list[Source] = field(default_factory=list)
+    todo: list[int] = field(default_factory=list)
+    errors: dict[int, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def plan(out: Path, conf: Settings, sources: list[Source], overwrite: bool,
+            lock: Lock) -> Plan:
+    """Lock DIR, check or write run.json, clean up after killed runs, find the unfinished
+    images; DIR stays locked (shared) for the run."""
+    manifest = conf.manifest()
+    warnings: list[str] = []
+    out.mkdir(parents=True, exist_ok=True)
+    if not lock.take(exclusive=True):
+        raise BatchError(f"--out '{out}' is in use by another smoothgrad batch run (or the "
+                         "ranks of a killed torchrun, which outlive it): stop it first")
+    try:
+        made = _plan(out, conf, sources, overwrite, manifest, warnings)
+    finally:
+        lock.take(exclusive=False)
+    return made
+
+
+def _plan(out: Path, conf: Settings, sources: list[Source], overwrite: bool,
+             manifest: dict[str, Any], warnings: list[str]) -> Plan:
+    old = _read_manifest(out)
+    if old is None:
+        leftovers = [name for name in (*SUFFIXES, INDEX) if (out / name).exists()]
+        if leftovers and not overwrite:
+            raise BatchError(f"--out '{out}' holds {', '.join(leftovers)} but no {MANIFEST}; "
+                             "use another --out, or --overwrite to replace them")
+        if leftovers:
+            _discard(out)
+        write_atomically(out / MANIFEST, json_bytes(manifest))
+    elif old["options"] != conf.options:
+        changes = _differences(old["options"], conf.options)
+        if not overwrite:
+            raise BatchError(f"--out '{out}' holds a run with other options "
+                             f"({'; '.join(changes)}); rerun with its options to resume, "
+                             "or add --overwrite to discard it")
+        _discard(out)  # records go before the new manifest: no old record is ever trusted
+        write_atomically(out / MANIFEST, json_bytes(manifest))
+        warnings.append(f"--overwrite: discarded the earlier run in '{out}' "
+                        f"({'; '.join(changes)})")
+    else:
+        changes = _differences(old.get("numerics", {}), conf.numerics)
+        if changes:
+            warnings.append(f"resuming with other numerics ({'; '.join(changes)}): the images "
+                            "explained now may differ from the earlier ones in the last bits")
+    _clean(out)
+    clashes = output_clashes(sources)
+    figures = conf.options["figures"] is not None
+    todo = []
+    for i, source in enumerate(sources):
+        record = None if source.key in clashes else read_record(source, out, figures)
+        if record is None or record.get("status") != "ok":
+            todo.append(i)  # unfinished, or failed: failed images are retried
+    errors = {i: clashes[sources[i].key] for i in todo if sources[i].key in clashes}
+    return Plan(sources, todo, errors, warnings)
+
+
+def groups_for(todo: Sequence[int], count: int, size: int, rank: int,
+               world: int) -> list[list[int]]:
+    """This rank's groups: inputs cut into runs of `size`, those with unfinished images,
+    every `world`-th starting at `rank`.
+
+    Example:
+        >>> groups_for([0, 1, 4, 5, 6], 7, 2, 0, 2), groups_for([0, 1, 4, 5, 6], 7, 2, 1, 2)
+        ([[0, 1], [6]], [[4, 5]])
+    """
+    left = set(todo)
+    groups = [list(range(start, min(start + size, count))) for start in range(0, count, size)]
+    return [g for g in groups if left.intersection(g)][rank::world]
+
+
+# ------------------------------------------------------------------------------- records
+
+
+def read_record(source: Source, out: Path, figures: bool) -> dict[str, Any] | None:
+    """The finished record of `source`, or None when it must be (re)done."""
+    try:
+        record = json.loads(source.output(out, "records").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("path") != source.path:
+        return None  # another input once had this key (another INPUT, same DIR)
+    if record.get("status") == "ok":
+        if not source.output(out, "arrays").is_file():
+            return None
+        if figures and not source.output(out, "figures").is_file():
+            return None
+    return record
+
+
+def write_index(out: Path, records: Sequence[dict[str, Any]]) -> Path:
+    """DIR/index.csv from the records, one row each, in the given order."""
+    return write_atomically(out / INDEX, csv_text(records, INDEX_COLUMNS))
+
+
+
+
+def write_outputs(source: Source, out: Path, array: Any, figure: bytes | None,
+                  record: dict[str, Any]) -> dict[str, Any]:
+    """Write an explained image's array (and figure), then its record: the finished mark."""
+    write_atomically(source.output(out, "arrays"), npy_bytes(array))
+    if figure is not None:
+        write_atomically(source.output(out, "figures"), figure)
+    write_atomically(source.output(out, "records"), json_bytes(record))
+    return record
+
+
+def write_failure(source: Source, out: Path, error: str) -> dict[str, Any]:
+    """Record that `source` failed (best effort: a record that cannot be written is retried
+    on the next run anyway)."""
+    record = {"path": source.path, "key": source.key, "status": "failed", "array": None,
+              "target": None, "label": None, "probability": None, "samples": None,
+              "flip_rate": None, "error": error}
+    with contextlib.suppress(OSError):
+        write_atomically(source.output(out, "records"), json_bytes(record))
+    return record

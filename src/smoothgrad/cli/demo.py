@@ -1,0 +1,57 @@
+"""`smoothgrad demo`: the SmoothGrad tutorial's figures for the bundled photos, offline.
+
+Example:
+    $ smoothgrad demo --out smoothgrad-demo
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from smoothgrad import images, viz
+from smoothgrad.cli.common import DEMO_METHODS, TITLES, load_model, say
+from smoothgrad.cli.explain import centre_square, describe, explain_image, method_figure
+from smoothgrad.cli.options import (
+    add_figure_options,
+    add_model_options,
+    add_smoothing_options,
+    style,
+)
+from smoothgrad.cli.parser import subcommand
+
+__all__ = ["add", "run"]
+
+
+def run(args: argparse.Namespace) -> int:
+    """`smoothgrad demo`: the tutorial's figures for the bundled photos."""
+    shown = style(args)
+    model = load_model(args)
+    samples = images.sample_images()
+    loaded = {name: images.load(path) for name, path in samples.items()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    sigma = (f"σ={args.stdev}" if args.stdev is not None
+             else f"σ={0.15 if args.noise is None else args.noise:.0%} of the input range")
+    say(args, f"model {args.model}, {args.samples} samples, {sigma}, seed {args.seed}")
+    for method in DEMO_METHODS:
+        items = [explain_image(model, name, image, method, None, args)
+                 for name, image in loaded.items()]
+        for item in items:
+            say(args, describe(item, None, model.labels, predictions=method == DEMO_METHODS[0]))
+        figure = method_figure(items, shown, centre_square)
+        for path in viz.save(figure, args.out / method, ["png"]):
+            say(args, f"wrote {path}: Input | {TITLES[method]} | SmoothGrad + {TITLES[method]} "
+                      f"for {', '.join(loaded)}")
+    return 0
+
+
+def add(commands: Any) -> None:
+    parser = subcommand(commands, "demo",
+                        help="the SmoothGrad tutorial on the bundled photos, offline", epilog=None)
+    parser.add_argument("--out", type=Path, default=Path("smoothgrad-demo"),
+                        help="output folder (default: smoothgrad-demo)")
+    add_model_options(parser)
+    add_smoothing_options(parser)
+    add_figure_options(parser)
+    parser.set_defaults(run=run)

@@ -1,0 +1,158 @@
+"""`smoothgrad explain`: top-5, the base method's map and its SmoothGrad, figures and arrays.
+
+Example:
+    $ smoothgrad explain cat.jpg --method guided_backprop --samples 50 --out maps/
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from torch import Tensor
+
+from smoothgrad import images, models, viz
+from smoothgrad.cli.common import TITLES, load_model, say, target_of, unique_names
+from smoothgrad.cli.options import (
+    add_figure_options,
+    add_method_option,
+    add_model_options,
+    add_smoothing_options,
+    add_target_option,
+    save_arg,
+    style,
+)
+from smoothgrad.cli.parser import Parser, subcommand
+from smoothgrad.engine import SmoothResult, smooth
+from smoothgrad.files import npy_bytes, write_atomically
+
+__all__ = ["Explained", "add", "describe", "explain_image", "method_figure", "run"]
+
+SMOOTHED = {"mean": "SmoothGrad", "abs": "SmoothGrad |·|", "square": "SmoothGrad²",
+            "var": "VarGrad"}
+
+
+def add(commands: Any) -> None:
+    parser: Parser = subcommand(
+        commands, "explain",
+        help="explain images: top-5, base map and SmoothGrad map, figures and arrays")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files to explain")
+    add_model_options(parser)
+    add_method_option(parser)
+    add_smoothing_options(parser)
+    add_target_option(parser)
+    parser.add_argument("--out", type=Path, default=Path("smoothgrad-out"),
+                        help="output folder (default: smoothgrad-out)")
+    parser.add_argument("--save", type=save_arg, default=["png", "npy"], metavar="FORMATS",
+                        help="what to write: figures as png,svg,pdf and raw arrays as npy "
+                             "(default: png,npy)")
+    add_figure_options(parser)
+    parser.set_defaults(run=run)
+
+
+@dataclass
+class Explained:
+    """One image explained with one base method: its plain and its smoothed map."""
+
+    name: str
+    image: Image.Image
+    top5: list[tuple[str, float]]
+    method: str
+    plain: Tensor
+    smoothed: SmoothResult
+    seconds: float
+
+
+def explain_image(model: models.LoadedModel, name: str, image: Image.Image, method: str,
+                  target: int | None, args: argparse.Namespace) -> Explained:
+    """Top-5, the base method's map and its SmoothGrad, for one image."""
+    from tqdm import tqdm
+
+    x = model.preprocess(image)
+    top5 = model.top_k(x)
+    started = time.perf_counter()
+    plain = smooth(model, x, method=method, target=target, samples=1, noise=0.0).attribution
+    total = args.max_samples if args.samples == "auto" else args.samples
+    with tqdm(total=total, desc=f"{name} {method}", unit="sample", delay=1.0, leave=False,
+              disable=args.quiet or not sys.stderr.isatty(), file=sys.stderr) as bar:
+        result = smooth(model, x, method=method, target=target, samples=args.samples,
+                        noise=args.noise, stdev=args.stdev, aggregate=args.aggregate,
+                        batch_size=args.batch_size, seed=args.seed, antithetic=args.antithetic,
+                        tol=args.tol, max_samples=args.max_samples, progress=bar.update)
+    return Explained(name, image, top5, method, plain, result, time.perf_counter() - started)
+
+
+def method_figure(items: Sequence[Explained], shown: viz.Style,
+                  picture: Any) -> Any:
+    """Input | base method | SmoothGrad + base method, one row per image (tutorial Fig. 4-5);
+    `picture(image)` is the input panel."""
+    rows = [viz.Row(picture(item.image),
+                    [shown.process(item.plain[0]), shown.process(item.smoothed.attribution[0])],
+                    f"{item.top5[0][0]} {item.top5[0][1]:.2f}") for item in items]
+    title = TITLES[items[0].method]
+    smoothed = SMOOTHED[items[0].smoothed.aggregate]
+    return viz.comparison_figure(rows, titles=("Input", title, f"{smoothed} +\n{title}"),
+                                 **shown.colors)
+
+
+def describe(item: Explained, target: int | None, labels: Sequence[str], *,
+             predictions: bool = True) -> str:
+    """The top-5 printout (unless `predictions` is False) and the smoothed map's uncertainty."""
+    explained = int(item.smoothed.target[0]) if item.smoothed.target is not None else None
+    lines = [f"{item.name}: top-5" if predictions else f"{item.name}:"]
+    for rank, (label, probability) in enumerate(item.top5 if predictions else [], start=1):
+        mark = "  <- explained" if explained is not None and labels[explained] == label else ""
+        lines.append(f"  {rank}. {label:<28} {probability:6.3f}{mark}")
+    if target is not None and labels[target] not in [label for label, _ in item.top5]:
+        lines.append(f"  explaining --target {target} ({labels[target]})")
+    result = item.smoothed
+    flips = "" if result.flip_rate is None else f", flip rate {float(result.flip_rate[0]):.2f}"
+    lines.append(f"  {item.method}: SmoothGrad ({result.aggregate}) over {result.samples} "
+                 f"samples, σ={float(result.sigma[0]):.3g}, relative standard error "
+                 f"{float(result.relative_error()[0]):.3f}{flips}, {item.seconds:.1f} s")
+    return "\n".join(lines)
+
+
+def centre_square(image: Image.Image, size: int = 224) -> Image.Image:
+    """The centre crop ImageNet models see (7/8 of the shorter side), for display."""
+    width, height = image.size
+    side = int(min(width, height) * 224 / 256)
+    left, top = (width - side) // 2, (height - side) // 2
+    return image.crop((left, top, left + side, top + side)).resize((size, size))
+
+
+def save_arrays(item: Explained, stem: Path) -> list[Path]:
+    """The plain map, the SmoothGrad map and its standard error as float32 .npy files."""
+    arrays = {"": item.plain[0], "_smoothgrad": item.smoothed.attribution[0],
+              "_smoothgrad_stderr": item.smoothed.stderr[0]}
+    return [write_atomically(stem.with_name(f"{stem.name}{suffix}.npy"),
+                             npy_bytes(array.detach().cpu().float().numpy()))
+            for suffix, array in arrays.items()]
+
+
+def run(args: argparse.Namespace) -> int:
+    """`smoothgrad explain`: everything is checked before anything is written."""
+    shown = style(args)
+    loaded = [images.load(path) for path in args.images]
+    model = load_model(args)
+    target = target_of(args, model)
+    args.out.mkdir(parents=True, exist_ok=True)
+    figures = [fmt for fmt in args.save if fmt != "npy"]
+    for name, image in zip(unique_names(args.images), loaded, strict=True):
+        item = explain_image(model, name, image, args.method, target, args)
+        say(args, describe(item, target, model.labels))
+        stem = args.out / f"{name}_{args.method}"
+        written = []
+        if figures:
+            written += viz.save(method_figure([item], shown, centre_square), stem, figures)
+        if "npy" in args.save:
+            written += save_arrays(item, stem)
+        for path in written:
+            say(args, f"  wrote {path}")
+    return 0
