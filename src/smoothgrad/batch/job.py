@@ -20,10 +20,10 @@ import smoothgrad
 from smoothgrad import viz
 from smoothgrad.batch.sources import BatchError
 from smoothgrad.batch.store import Settings, model_fingerprint
-from smoothgrad.engine import default_batch_size
 from smoothgrad.methods import BY_NAME
 from smoothgrad.models import DEFAULT_MODEL
 from smoothgrad.stats import AGGREGATES
+from smoothgrad.tuning import default_batch_size
 
 __all__ = ["DTYPES", "Job", "images_per_batch"]
 

@@ -14,7 +14,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from smoothgrad import models, viz
+from smoothgrad import guard, models, viz
 from smoothgrad.batch import sources as inputs
 from smoothgrad.batch.job import Job
 from smoothgrad.batch.sources import BatchError, Decoded, Source, collect
@@ -104,19 +104,11 @@ def run(job: Job) -> Summary:
         world.close()
 
 
-@contextlib.contextmanager
-def _exact_cudnn(device: torch.device) -> Iterator[None]:
+def _exact_cudnn(device: torch.device) -> contextlib.AbstractContextManager[None]:
     """The same cuDNN algorithms every run (for exact resume), restored afterwards."""
     if device.type != "cuda":
-        yield
-        return
-    cudnn = torch.backends.cudnn
-    saved = cudnn.deterministic, cudnn.benchmark
-    cudnn.deterministic, cudnn.benchmark = True, False
-    try:
-        yield
-    finally:
-        cudnn.deterministic, cudnn.benchmark = saved
+        return contextlib.nullcontext()
+    return guard.cudnn_benchmark(False, deterministic=True)
 
 
 def _start(job: Job, world: World, lock: Lock) -> _Context:
