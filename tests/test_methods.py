@@ -249,6 +249,8 @@ def test_deeplift_in_half_precision_is_finite_and_close(make) -> None:  # type: 
     model = seeded(make())
     shape = (4, 10) if isinstance(model[0], nn.Linear) else (4, 3, 8, 8)
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(3))
+    x[0] = 0  # an example equal to the baseline, and a region equal to it (a black border):
+    x[1, ..., :4] = 0  # Δx is exactly 0 at units that only see them, where 0/0 gave NaN
     target = torch.tensor([0, 1, 1, 0])
     full = sg.methods.deeplift(model, x, target)
     half = sg.methods.deeplift(copy.deepcopy(model).half(), x.half(), target)
