@@ -1,9 +1,10 @@
 """CPU benchmark: smoothgrad against the tutorial loop and Captum, in one process.
 
 Model: EfficientNet-Lite0 with ImageNet weights (the offline default), one 224x224 photo
-(the bundled `chelsea`), n = 50, σ = 0.15 of the input range, the clean prediction as
-target. torch runs on 2 threads (set here, `--threads` to change). Every table interleaves
-its implementations round by round and reports medians and median per-round ratios.
+(the bundled `chelsea`), n = 50, σ = 0.15 (sg.DEFAULT_NOISE) of the input range, the clean
+prediction as target. torch runs on 2 threads (set here, `--threads` to change). Every table
+interleaves its implementations round by round and reports medians and median per-round
+ratios. The implementations, timing loop and report are shared with gpu.py in harness.py.
 
     python benchmarks/cpu.py                      # everything, ~30 min on 2 cores
     python benchmarks/cpu.py --only main methods  # some sections
@@ -58,11 +59,10 @@ def load_image(size: int = 224) -> Tensor:
     return x
 
 
-def sigma_of(x: Tensor) -> float:
-    return float(0.15 * (x.max() - x.min()))
+sigma_of = h.sigma_of
 
 
-class Bench:
+class Bench(h.Sections):
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.model = load_model()
@@ -72,17 +72,7 @@ class Bench:
         self.sigma = sigma_of(self.x)
         self.n = 10 if args.quick else 50
         self.rounds = 1 if args.quick else args.rounds
-        self.md: list[str] = []
-        self.data: dict[str, Any] = {"machine": h.machine(torch.device("cpu")),
-                                     "date": time.strftime("%Y-%m-%d %H:%M"),
-                                     "samples": self.n, "target": self.target}
-
-    def log(self, text: str) -> None:
-        print(text, flush=True)
-
-    def section(self, title: str) -> None:
-        self.log(f"\n## {title}")
-        self.md.append(f"\n### {title}\n")
+        super().__init__(torch.device("cpu"), samples=self.n, target=self.target)
 
     # ------------------------------------------------------------------------- main
     def main(self) -> None:
@@ -93,17 +83,8 @@ class Bench:
         best, chunk_medians = h.best_chunk(
             lambda c: h.captum_smoothgrad(model, self.target, n, self.sigma, c), x, chunks,
             rounds=1 if self.args.quick else 2, log=self.log)
-        rows = h.settle_tuner(model, x, n)
-        fast_rows = h.settle_tuner(model, x, n, fast=True)
+        impls, rows, fast_rows = h.one_map_impls(model, x, self.target, n, self.sigma, best)
         self.log(f"captum best chunk {best}; ours auto batch {rows}, fast {fast_rows}")
-        impls = {
-            "tutorial loop": h.tutorial_loop(model, self.target, n, self.sigma),
-            "captum default": h.captum_smoothgrad(model, self.target, n, self.sigma, None),
-            f"captum best (chunk {best})": h.captum_smoothgrad(model, self.target, n,
-                                                                self.sigma, best),
-            f"ours default (auto: {rows})": h.ours(model, n),
-            f"ours fast (auto: {fast_rows})": h.ours(model, n, fast=True),
-        }
         timings = h.interleaved(impls, x, self.rounds, log=self.log)
         names = list(impls)
         reference = impls[names[3]](x)
@@ -277,7 +258,7 @@ class Bench:
             x = x + 0.01 * torch.randn(x.shape, generator=torch.Generator().manual_seed(count))
             with torch.no_grad():
                 target = self.model(x).argmax(1)
-            sigma = float(0.15 * (x.max() - x.min()))
+            sigma = sigma_of(x)
             impls = {"captum best": h.captum_smoothgrad(self.model, target, n, sigma, 10),
                      "ours": h.ours(self.model, n), "fast": h.ours(self.model, n, fast=True)}
             timings = h.interleaved(impls, x, max(1, self.rounds - 2), log=self.log)

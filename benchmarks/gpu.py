@@ -48,23 +48,17 @@ def build(name: str, device: torch.device) -> tuple[nn.Module, Tensor]:
     return model.to(device), x.to(device)
 
 
-class Bench:
+class Bench(h.Sections):
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.device = torch.device(args.device)
         self.model, self.x = build(args.model, self.device)
         with torch.no_grad():
             self.target = int(self.model(self.x).argmax())
-        self.sigma = float(0.15 * (self.x.max() - self.x.min()))
+        self.sigma = h.sigma_of(self.x)
         self.n = 10 if args.quick else args.samples
         self.rounds = 1 if args.quick else args.rounds
-        self.md: list[str] = []
-        self.data: dict[str, Any] = {"machine": h.machine(self.device), "model": args.model,
-                                     "date": time.strftime("%Y-%m-%d %H:%M"), "samples": self.n}
-
-    def section(self, title: str) -> None:
-        print(f"\n## {title}", flush=True)
-        self.md.append(f"\n### {title}\n")
+        super().__init__(self.device, model=args.model, samples=self.n)
 
     def one_map(self) -> None:
         model, x, n = self.model, self.x, self.n
@@ -72,16 +66,7 @@ class Bench:
         best, chunk_medians = h.best_chunk(
             lambda c: h.captum_smoothgrad(model, self.target, n, self.sigma, c), x,
             [c for c in (10, 25) if c < n] + [None], rounds=2 if not self.args.quick else 1)
-        rows = h.settle_tuner(model, x, n)
-        fast_rows = h.settle_tuner(model, x, n, fast=True)
-        impls = {
-            "tutorial loop": h.tutorial_loop(model, self.target, n, self.sigma),
-            "captum default": h.captum_smoothgrad(model, self.target, n, self.sigma, None),
-            f"captum best (chunk {best})": h.captum_smoothgrad(model, self.target, n,
-                                                                self.sigma, best),
-            f"ours default (auto: {rows})": h.ours(model, n),
-            f"ours fast (auto: {fast_rows})": h.ours(model, n, fast=True),
-        }
+        impls, _, _ = h.one_map_impls(model, x, self.target, n, self.sigma, best)
         report = fast.prepare(model, x).report
         if self.args.compile:
             for mode in ("default", "max-autotune"):
@@ -117,7 +102,7 @@ class Bench:
         x = x.to(self.device)
         with torch.no_grad():
             target = self.model(x).argmax(1)
-        sigma = float(0.15 * (x.max() - x.min()))
+        sigma = h.sigma_of(x)
         impls = {"captum chunk 10": h.captum_smoothgrad(self.model, target, n, sigma, 10)}
         for rows in (64, 256) if not self.args.quick else (8,):
             impls[f"ours, batch {rows}"] = h.ours(self.model, n, batch_size=rows)

@@ -30,6 +30,44 @@ from smoothgrad import tuning
 Explain = Callable[[Tensor], Tensor]
 
 
+def sigma_of(x: Tensor) -> float:
+    """The absolute σ of the default relative noise for the whole batch `x` (for Captum)."""
+    return float(sg.DEFAULT_NOISE * (x.max() - x.min()))
+
+
+class Sections:
+    """A benchmark's report: markdown sections and the JSON data behind them."""
+
+    def __init__(self, device: torch.device, **data: Any) -> None:
+        self.md: list[str] = []
+        self.data: dict[str, Any] = {"machine": machine(device),
+                                     "date": time.strftime("%Y-%m-%d %H:%M"), **data}
+
+    def log(self, text: str) -> None:
+        print(text, flush=True)
+
+    def section(self, title: str) -> None:
+        self.log(f"\n## {title}")
+        self.md.append(f"\n### {title}\n")
+
+
+def one_map_impls(model: nn.Module, x: Tensor, target: int, samples: int, sigma: float,
+                  captum_chunk: int | None) -> tuple[dict[str, Explain], int, int]:
+    """The five ways to make one map, timed in both benchmarks' first table, with the tuned
+    sizes of ours (default and fast)."""
+    rows = settle_tuner(model, x, samples)
+    fast_rows = settle_tuner(model, x, samples, fast=True)
+    impls = {
+        "tutorial loop": tutorial_loop(model, target, samples, sigma),
+        "captum default": captum_smoothgrad(model, target, samples, sigma, None),
+        f"captum best (chunk {captum_chunk})": captum_smoothgrad(model, target, samples, sigma,
+                                                                 captum_chunk),
+        f"ours default (auto: {rows})": ours(model, samples),
+        f"ours fast (auto: {fast_rows})": ours(model, samples, fast=True),
+    }
+    return impls, rows, fast_rows
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -80,7 +118,7 @@ def captum_smoothgrad(model: nn.Module, target: int | Tensor, samples: int, sigm
 def ours(model: nn.Module, samples: int, *, method: Any = "gradient",
          batch_size: int | str = "auto", fast: bool = False, seed: int = 0) -> Explain:
     def run(x: Tensor) -> Tensor:
-        return sg.smooth(model, x, method=method, samples=samples, noise=0.15,
+        return sg.smooth(model, x, method=method, samples=samples, noise=sg.DEFAULT_NOISE,
                          batch_size=batch_size, fast=fast, seed=seed).attribution  # type: ignore[arg-type]
 
     return run

@@ -77,7 +77,8 @@ def smooth(
 
     The options (method, samples, noise or stdev, aggregate, batch_size, seed, antithetic,
     tol, max_samples, fast) are those of `SmoothConfig`, which documents each; `config`
-    gives them as one object, and keywords given beside it replace its fields.
+    gives them as one object, and keywords beside it that are not at their defaults replace
+    its fields.
 
     - target: None explains each example's clean argmax (kept for every noisy copy); an
       int, or N ints, names classes; a callable `output -> (rows,)` gives a custom score.
