@@ -67,7 +67,7 @@ class Bench(h.Sections):
             lambda c: h.captum_smoothgrad(model, self.target, n, self.sigma, c), x,
             [c for c in (10, 25) if c < n] + [None], rounds=2 if not self.args.quick else 1)
         impls, _, _ = h.one_map_impls(model, x, self.target, n, self.sigma, best)
-        report = fast.prepare(model, x).report
+        report = fast.cached_copy(model, x).report
         if self.args.compile:
             for mode in ("default", "max-autotune"):
                 start = time.perf_counter()

@@ -97,13 +97,13 @@ def test_guided_backprop_survives_the_fast_path(bn_cnn: nn.Module) -> None:
 
 def test_prepare_caches_until_the_weights_change(bn_cnn: nn.Module) -> None:
     x = images(1)
-    first = fast.prepare(bn_cnn, x)
-    assert fast.prepare(bn_cnn, images(1, seed=9)) is first  # same shape: reused
-    assert fast.prepare(bn_cnn, images(1, size=16)) is not first  # new shape: rebuilt
-    again = fast.prepare(bn_cnn, x)
+    first = fast.cached_copy(bn_cnn, x)
+    assert fast.cached_copy(bn_cnn, images(1, seed=9)) is first  # same shape: reused
+    assert fast.cached_copy(bn_cnn, images(1, size=16)) is not first  # new shape: rebuilt
+    again = fast.cached_copy(bn_cnn, x)
     with torch.no_grad():
         bn_cnn.conv1.weight.mul_(2)
-    changed = fast.prepare(bn_cnn, x)
+    changed = fast.cached_copy(bn_cnn, x)
     assert changed is not again
     with torch.no_grad():
         torch.testing.assert_close(changed(x), bn_cnn(x), rtol=1e-5, atol=1e-5)

@@ -199,8 +199,8 @@ class _Run:
                             else self.sigma, options)
         self.runner = model
         if options.fast:
-            from smoothgrad.fast import prepare
-            self.runner = prepare(model, self.x.clone(), self.target)
+            from smoothgrad.fast import cached_copy
+            self.runner = cached_copy(model, self.x.clone(), self.target)
             session.enter_context(reusing_freed_memory())
         self.explain = resolve_method(options.method)
         self.passes = Passes(model, self.x, method=options.method,

@@ -6,7 +6,7 @@ channels-last, and optionally casts to a lower precision and wraps the copy in
 `torch.compile`. Every step is checked on an example input: the report gives the largest
 logit error and the correlation of the copy's input gradient with the original's, and a
 copy that falls short of `min_correlation` is refused (`FastPathError`).
-`smooth(..., fast=True)` uses `prepare`, which caches the copy for as long as the model's
+`smooth(..., fast=True)` uses `cached_copy`, which keeps the copy for as long as the model's
 parameters and buffers are unchanged, and runs its passes inside
 `guard.reusing_freed_memory`.
 
@@ -38,7 +38,7 @@ from smoothgrad.overrides import graph_nodes
 from smoothgrad.targets import Resolved, score
 
 __all__ = [
-    "FastModel", "FastPathError", "FastReport", "fold_batchnorm", "optimize", "prepare",
+    "FastModel", "FastPathError", "FastReport", "cached_copy", "fold_batchnorm", "optimize",
 ]
 
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -268,7 +268,8 @@ def _fingerprint(model: nn.Module, example: Tensor) -> tuple[Any, ...]:
             tuple((t.data_ptr(), t._version) for t in tensors))
 
 
-def prepare(model: nn.Module, example: Tensor, target: Resolved | None = None) -> FastModel:
+def cached_copy(model: nn.Module, example: Tensor,
+                target: Resolved | None = None) -> FastModel:
     """`optimize(model, example, target=target)` with its device's defaults, cached per model.
 
     The copy is reused while the model's parameters and buffers are unchanged (same storage,
