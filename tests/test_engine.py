@@ -173,6 +173,7 @@ def test_targets_int_sequence_tensor_and_callable(cnn: nn.Module, x: Tensor) -> 
 
 
 @pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
+@pytest.mark.filterwarnings("ignore:Captum's Saliency returns")
 def test_captum_attribution_object_as_method(cnn: nn.Module, x: Tensor) -> None:
     ours = sg.smooth(cnn, x, samples=6)
     theirs = sg.smooth(cnn, x, samples=6, method=Saliency(cnn))
@@ -522,3 +523,23 @@ def test_method_warnings_come_once_per_call_at_the_callers_line() -> None:
 def test_captum_saliency_says_it_is_absolute(cnn: nn.Module, x: Tensor) -> None:
     with pytest.warns(UserWarning, match=r"\|gradient\|.*method='gradient'"):
         sg.smooth(cnn, x, samples=2, method=Saliency(cnn))
+
+
+def test_out_of_memory_pass_is_retried_smaller_with_the_same_map(cnn: nn.Module) -> None:
+    """The tuner grows the pass; a pass that runs out of memory is cut and run again."""
+    x = images(1)
+    sizes: list[int] = []
+
+    def limited(model: nn.Module, batch: Tensor, target: Tensor) -> Tensor:
+        sizes.append(batch.shape[0])
+        if batch.shape[0] > 8:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return sg.methods.gradient(model, batch, target)
+
+    sg.tuning.forget(cnn)
+    result = sg.smooth(cnn, x, samples=60, method=limited)
+    assert max(sizes) > 8 and sizes[-1] <= 8
+    fixed = sg.smooth(cnn, x, samples=60, batch_size=3)
+    torch.testing.assert_close(result.attribution, fixed.attribution, rtol=1e-5, atol=1e-7)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        sg.smooth(cnn, x, samples=60, method=limited, batch_size=16)  # a fixed size: no retry
