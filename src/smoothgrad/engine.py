@@ -76,10 +76,8 @@ def smooth(
     """SmoothGrad of `method` for the batch `x` (N, ...): the aggregate of M(x + ε_k) over k.
 
     The options (method, samples, noise or stdev, aggregate, batch_size, seed, antithetic,
-    tol, max_samples, fast) are those of `SmoothConfig`, which documents each; `config`
-    gives them as one object, and keywords beside it that are not at their defaults replace
-    its fields.
-
+    tol, max_samples, fast) are `SmoothConfig`'s, which documents each; `config` gives them
+    as one object, and keywords beside it that are not at their defaults replace its fields.
     - target: None explains each example's clean argmax (kept for every noisy copy); an
       int, or N ints, names classes; a callable `output -> (rows,)` gives a custom score.
     - progress: called after each pass with the number of samples it added (progress bars).
@@ -98,14 +96,9 @@ def smooth(
     """
     extras = Extras(forward_kwargs, layer, noise_mask, output, noise_range)
     method, per_call = split_method(method, method_kwargs, examples(x), BY_NAME)
-    options = _options(config, method=method, samples=samples, noise=noise, stdev=stdev,
-                       aggregate=aggregate, batch_size=batch_size, seed=seed,
+    options = _options(config, x, extras, method=method, samples=samples, noise=noise,
+                       stdev=stdev, aggregate=aggregate, batch_size=batch_size, seed=seed,
                        antithetic=antithetic, tol=tol, max_samples=max_samples, fast=fast)
-    if extras.plain(x):
-        _check_input(x)
-    elif options.fast:
-        raise ValueError("fast=True explains one floating tensor; it cannot be combined with "
-                         "several inputs, forward_kwargs, layer, noise_mask or output")
     caught: list[warnings.WarningMessage] = []
     try:
         with explaining(model), gradients_on(), contextlib.ExitStack() as session, \
@@ -119,15 +112,25 @@ def smooth(
     return result
 
 
-def _options(config: SmoothConfig | None, **keywords: Any) -> SmoothConfig:
-    """The call's options: `config` with any keyword that is not its default applied."""
+def _options(config: SmoothConfig | None, x: Any, extras: Extras,
+             **keywords: Any) -> SmoothConfig:
+    """The call's options (`config` with any keyword that is not its default applied), and
+    x checked against them."""
     if config is None:
-        return SmoothConfig(**keywords)
-    if not isinstance(config, SmoothConfig):
+        options = SmoothConfig(**keywords)
+    elif not isinstance(config, SmoothConfig):
         raise TypeError(f"config must be a SmoothConfig, not {type(config).__name__}")
-    defaults = {field.name: field.default for field in dataclasses.fields(SmoothConfig)}
-    changes = {name: value for name, value in keywords.items() if value is not defaults[name]}
-    return config.replace(**changes) if changes else config
+    else:
+        defaults = {field.name: field.default for field in dataclasses.fields(SmoothConfig)}
+        changes = {name: value for name, value in keywords.items()
+                   if value is not defaults[name]}
+        options = config.replace(**changes) if changes else config
+    if extras.plain(x):
+        _check_input(x)
+    elif options.fast:
+        raise ValueError("fast=True explains one floating tensor; it cannot be combined with "
+                         "several inputs, forward_kwargs, layer, noise_mask or output")
+    return options
 
 
 def _loop(run: _Run, progress: Callable[[int], None] | None,
