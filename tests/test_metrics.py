@@ -317,3 +317,32 @@ def test_convergence_error_decreases() -> None:
     assert (high.seed_agreement > low.seed_agreement).all()
     with pytest.raises(ValueError, match="reference_seed"):
         metrics.convergence(model, x, method=gradient, seeds=(0, 1), reference_seed=1)
+
+
+# ------------------------------------------------------------------ layering
+
+
+def test_metrics_and_evaluation_import_only_downwards() -> None:
+    """metrics/, evaluation, maps and tables import no PIL, argparse, CLI, viz or file helpers,
+    and never `smoothgrad` itself (the package root imports them)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(smoothgrad.__file__).parent
+    files = [*sorted((root / "metrics").glob("*.py")),
+             *sorted((root / "evaluation").glob("*.py")), root / "maps.py", root / "tables.py"]
+    banned = ("PIL", "argparse", "smoothgrad.cli", "smoothgrad.viz", "smoothgrad.images",
+              "smoothgrad.files", "smoothgrad.batch", "matplotlib")
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+                if node.module == "smoothgrad":
+                    names = [f"smoothgrad.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for name in names:
+                assert not name.startswith(banned), f"{path.name} imports {name}"
+                assert name not in ("smoothgrad", "smoothgrad.smooth"), f"{path.name}: {name}"

@@ -1,0 +1,111 @@
+"""Seconds per metric and peak memory of `smoothgrad.evaluation.evaluate` on one photo.
+
+    OMP_NUM_THREADS=2 python benchmarks/evaluation_profile.py --metrics all
+    OMP_NUM_THREADS=2 python benchmarks/evaluation_profile.py --metrics default --json out.json
+
+Runs `evaluate` (EfficientNet-Lite0, the bundled chelsea photo, 2 methods x {none, mean,
+square}, the library's defaults unless given) once under cProfile and reports the cumulative
+seconds of each metric's function ("maps" is the rest: the smoothing and the plain maps), the
+wall time, the peak resident memory of the process (`ru_maxrss`) and the load average. The
+function names cover the package before and after issue 15, so the same script profiles both
+(put the tree to measure first on PYTHONPATH).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import platform
+import pstats
+import resource
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+
+from smoothgrad import evaluation, images, models
+
+# metric -> function names whose cumulative time is that metric's (first found wins)
+FUNCTIONS = {
+    "total_variation": ["total_variation"],
+    "gini": ["gini"],
+    "deletion": ["deletion_auc", "deletion_curve"],
+    "insertion": ["insertion_auc", "insertion_curve"],
+    "infidelity": ["infidelity"],
+    "sensitivity": ["sensitivity_max"],
+    "sensitivity_floor": ["sensitivity_floor"],
+    "randomization": ["randomization"],
+}
+
+
+def cumulative(stats: pstats.Stats, names: list[str], where: str) -> float | None:
+    """Largest cumulative time of a function called `names[i]` in a file under `where`."""
+    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    for name in names:
+        times = [value[3] for (path, _, func), value in raw.items()
+                 if func == name and where in path]
+        if times:
+            return float(max(times))
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--metrics", default="all", help="all, default or a comma list")
+    parser.add_argument("--methods", default="gradient,guided_backprop")
+    parser.add_argument("--aggregates", default="mean,square")
+    parser.add_argument("--samples", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--image", default="chelsea")
+    parser.add_argument("--json", default=None, help="append the result as a JSON line here")
+    args = parser.parse_args()
+    metrics = (list(evaluation.METRICS) if args.metrics == "all"
+               else list(evaluation.DEFAULT_METRICS) if args.metrics == "default"
+               else args.metrics.split(","))
+    extra: dict[str, Any] = {}
+    if args.samples is not None:
+        extra["samples"] = args.samples
+    if args.steps is not None:
+        extra["steps"] = args.steps
+    model = models.load("efficientnet_lite0")
+    x = model.preprocess(images.load(images.sample_path(args.image)))
+    load_before = os.getloadavg()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    profile = cProfile.Profile()
+    started = time.perf_counter()
+    profile.enable()
+    rows = evaluation.evaluate(model, x, methods=args.methods.split(","),
+                               aggregates=args.aggregates.split(","), metrics=metrics, **extra)
+    profile.disable()
+    wall = time.perf_counter() - started
+    stats = pstats.Stats(profile)
+    where = os.sep + "smoothgrad" + os.sep
+    seconds = {metric: cumulative(stats, names, where) for metric, names in FUNCTIONS.items()}
+    spent = {k: v for k, v in seconds.items() if v is not None and v > 0}
+    if "sensitivity" in spent and "sensitivity_floor" in spent:
+        spent["sensitivity"] += spent.pop("sensitivity_floor")
+    spent["maps"] = wall - sum(spent.values())
+    result = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                   f"{torch.get_num_threads()} torch threads, torch {torch.__version__}",
+        "load_before": load_before, "source": evaluation.__file__,
+        "metrics": metrics, "methods": args.methods, "aggregates": args.aggregates,
+        "options": extra, "rows": len(rows), "wall_s": round(wall, 1),
+        "seconds": {k: round(v, 1) for k, v in spent.items()},
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "rss_after_model_mb": round(before), "load_after": os.getloadavg(),
+    }
+    print(json.dumps(result, ensure_ascii=False), flush=True)
+    if args.json:
+        with open(args.json, "a") as file:
+            file.write(json.dumps(result, ensure_ascii=False) + "\n")
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

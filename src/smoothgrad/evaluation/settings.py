@@ -1,0 +1,182 @@
+"""What `evaluate` and `sweep` compute: metric names, table columns and frozen settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from smoothgrad.engine import default_batch_size
+from smoothgrad.metrics import SCORES, Score
+
+__all__ = [
+    "COLUMNS", "DEFAULT_METRICS", "METRICS", "METRIC_SCORES", "SMOOTHING_NAMES",
+    "SWEEP_COLUMNS", "Evaluation", "MetricOptions", "Progress", "SweepSettings",
+]
+
+METRICS = ("total_variation", "gini", "deletion", "insertion", "infidelity", "sensitivity",
+           "randomization")
+"""Metric names for `evaluate(metrics=...)`; `sensitivity` adds max-sensitivity and, for
+SmoothGrad, its noise floor; `randomization` is the Spearman correlation between the map and
+the map of the fully re-initialised model."""
+
+DEFAULT_METRICS = METRICS[:5]
+"""The metrics that cost at most a few forward passes per map (sensitivity and
+randomization cost 20 and 1 extra maps per method)."""
+
+METRIC_SCORES = {"total_variation": ("total_variation",), "gini": ("gini",),
+                 "deletion": ("deletion_auc",), "insertion": ("insertion_auc",),
+                 "infidelity": ("infidelity",),
+                 "sensitivity": ("sensitivity_max", "sensitivity_floor"),
+                 "randomization": ("randomization_spearman",)}
+"""Metric name -> the keys of the scores it adds to a row."""
+
+SMOOTHING_NAMES = {"none": "plain", "mean": "SmoothGrad", "abs": "SmoothGrad |·|",
+                   "square": "SmoothGrad²", "var": "VarGrad"}
+
+_INFO = {"image": ("image", "s"), "method": ("method", "s"), "smoothing": ("smoothing", "s"),
+         "samples": ("n", "d"), "relative_error": ("rel.err", ".3f"), "flip_rate": ("flip", ".2f")}
+
+
+def _columns(scores: Sequence[Score]) -> dict[str, tuple[str, str]]:
+    return {score.key: (score.header, score.fmt) for score in scores}
+
+
+COLUMNS = {**_INFO, **_columns([SCORES[key] for keys in METRIC_SCORES.values() for key in keys])}
+"""Column key -> (terminal header, number format) of `evaluate` rows, in table order; the
+arrows (↑ higher is better, ↓ lower) come from `smoothgrad.metrics.SCORES`."""
+
+SWEEP_COLUMNS = {
+    "row": ("row", "s"), "noise": ("noise", ".2f"), "samples": ("n", "d"),
+    "relative_error": ("rel.err", ".3f"), "flip_rate": ("flip", ".2f"),
+    **_columns([SCORES["relative_l2"], Score("processed_l2", "shown L2", ".3f", "lower"),
+                SCORES["spearman"]]),
+    **_columns([SCORES[key] for key in ("total_variation", "gini", "deletion_auc",
+                                        "insertion_auc")]),
+}
+"""Column key -> (header, format) of `sweep` rows."""
+
+Progress = Callable[[str, int, int], None]
+"""`progress(task, done, total)`: called as each metric's work advances (for progress bars)."""
+
+
+@dataclass(frozen=True)
+class MetricOptions:
+    """How the metrics are computed (defaults in brackets).
+
+    steps: deletion and insertion curve steps [50]. infidelity_perturbations: Gaussian
+    perturbations of infidelity [50], of std `infidelity_std` [0.1]. sensitivity_perturbations:
+    inputs of max-sensitivity [10], uniform in the L-inf ball of `sensitivity_radius` [0.02].
+    floor_seeds: other seeds of the noise floor [10]. Every forward pass of a metric has at
+    most the smoothing `batch_size` rows (with "auto", the engine's starting size for the
+    device), so memory is bounded whatever the step or perturbation count.
+    """
+
+    steps: int = 50
+    infidelity_perturbations: int = 50
+    infidelity_std: float = 0.1
+    sensitivity_perturbations: int = 10
+    sensitivity_radius: float = 0.02
+    floor_seeds: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "infidelity_perturbations", "sensitivity_perturbations",
+                     "floor_seeds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("infidelity_std", "sensitivity_radius"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a positive number, got {getattr(self, name)}")
+
+    @staticmethod
+    def pass_size(smoothing: Mapping[str, Any], device: torch.device) -> int:
+        """Rows per forward pass of the metrics: the smoothing `batch_size`."""
+        size = smoothing.get("batch_size", "auto")
+        return size if isinstance(size, int) else default_batch_size(device)
+
+
+class _Settings:
+    """`of(**keywords)`: the settings object from flat keywords (see `settings_from`)."""
+
+    @classmethod
+    def of(cls, **settings: Any) -> Any:
+        """Built from flat keywords: its fields, `MetricOptions` fields, and smoothing options."""
+        return settings_from(cls, settings)
+
+
+@dataclass(frozen=True)
+class Evaluation(_Settings):
+    """What `evaluate` computes: methods, SmoothGrad aggregates, metrics and their options.
+
+    `smoothing` holds the keyword arguments of every `smooth` call (`samples`, `noise`,
+    `seed`, `batch_size`, ...); `aggregate` and `target` are set by `evaluate`.
+    """
+
+    methods: tuple[str, ...] = ("gradient", "guided_backprop")
+    aggregates: tuple[str, ...] = ("mean", "square", "var")
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    options: MetricOptions = MetricOptions()
+    smoothing: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.metrics) - set(METRICS))
+        if unknown:
+            raise ValueError(f"unknown metrics {unknown}; valid: {', '.join(METRICS)}")
+        for name in ("aggregate", "target"):
+            if name in self.smoothing:
+                raise TypeError(f"smoothing options cannot set {name!r}: evaluate sets it")
+
+
+@dataclass(frozen=True)
+class SweepSettings(_Settings):
+    """What `sweep` computes: the noise row (σ in `noises` at `at_samples` samples), the
+    samples row (n in `samples` at `at_noise`), the `reference_samples`-sample reference,
+    the maps' `seed` (the reference uses `seed + 1`), metric options and the other smoothing
+    options (`aggregate`, `batch_size`, `antithetic`, ...)."""
+
+    method: str | Callable[..., Tensor] = "gradient"
+    noises: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
+    samples: tuple[int, ...] = (2, 5, 20, 50, 100)
+    at_noise: float = 0.15
+    at_samples: int = 50
+    reference_samples: int = 500
+    seed: int = 0
+    options: MetricOptions = MetricOptions()
+    smoothing: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.reference_samples <= max(self.samples):
+            raise ValueError(f"reference_samples ({self.reference_samples}) must exceed the "
+                             f"largest samples ({max(self.samples)})")
+        for name in ("seed", "samples", "noise", "target", "method"):
+            if name in self.smoothing:
+                raise TypeError(f"smoothing options cannot set {name!r}: sweep sets it")
+
+
+def settings_from(cls: Any, settings: dict[str, Any], base: Any = None) -> Any:
+    """`cls` (or `base` with fields replaced) from flat keywords: `cls`'s fields, the fields
+    of `MetricOptions` and, for the rest, smoothing options (added to `smoothing`)."""
+    if base is None and not settings:
+        return cls()
+    base = cls() if base is None else base
+    own = {f.name for f in dataclasses.fields(cls)}
+    metric = {f.name for f in dataclasses.fields(MetricOptions)}
+    fields = {key: _tupled(value) for key, value in settings.items() if key in own}
+    options = {key: value for key, value in settings.items() if key in metric}
+    smoothing = {key: value for key, value in settings.items()
+                 if key not in own and key not in metric}
+    if options:
+        fields["options"] = dataclasses.replace(fields.get("options", base.options), **options)
+    if smoothing:
+        fields["smoothing"] = {**fields.get("smoothing", base.smoothing), **smoothing}
+    return dataclasses.replace(base, **fields)
+
+
+def _tupled(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
