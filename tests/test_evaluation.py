@@ -263,3 +263,78 @@ def test_bad_arguments(capsys: pytest.CaptureFixture[str], tmp_path: Path, args:
     assert code == 2
     assert message in err and err.count("\n") == 1, err
     assert not out.exists()
+
+
+# ------------------------------------------------------------------ settings, bounds, sharing
+
+
+class Recording(nn.Module):
+    """Wraps a model and records the rows of every forward pass."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.rows: list[int] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.rows.append(x.shape[0])
+        out: Tensor = self.model(x)
+        return out
+
+
+def test_every_forward_pass_is_bounded_by_batch_size_and_shared_work_is_done_once() -> None:
+    model, x = Recording(tiny_cnn()).eval(), batch(1)
+    seen: dict[str, int] = {}
+    totals: dict[str, int] = {}
+
+    def progress(task: str, done: int, total: int) -> None:
+        assert 0 < done <= total, (task, done, total)
+        seen[task], totals[task] = done, total
+
+    config = evaluation.Evaluation.of(methods=["gradient"], aggregates=["mean", "square"],
+                                      metrics=list(evaluation.METRICS), samples=4, steps=6,
+                                      batch_size=3, infidelity_perturbations=7,
+                                      sensitivity_perturbations=2, floor_seeds=2)
+    assert config.options.steps == 6 and config.smoothing == {"samples": 4, "batch_size": 3}
+    rows = evaluation.evaluate(model, x, config, progress=progress)
+    assert len(rows) == 3 and max(model.rows) <= 3
+    assert {"infidelity", "gradient none deletion/insertion", "gradient mean deletion/insertion",
+            "gradient sensitivity", "gradient noise floor", "gradient randomization"} <= set(seen)
+    assert seen == totals  # every task reported to its end
+    assert seen["infidelity"] == 8  # 7 perturbed inputs and the clean one, for all three rows
+    runs = 1 if evaluation.run.ONE_RUN else 2  # all aggregates from one run of passes
+    assert seen["gradient noise floor"] == 2 * 4 * runs  # two seeds of 4 samples
+    # the options reach the metrics: the same numbers as the direct calls with them
+    target = tiny_cnn()(x).argmax(dim=1)
+    plain = gradient(tiny_cnn(), x, target)
+    assert rows[0]["infidelity"] == pytest.approx(float(metrics.infidelity(
+        tiny_cnn(), x, plain, target, n_perturb=7)[0]), rel=1e-5)
+    assert rows[0]["sensitivity_max"] == pytest.approx(float(metrics.sensitivity_max(
+        gradient, tiny_cnn(), x, n_perturb=2)[0]), rel=1e-5)
+
+
+def test_settings_objects_validate_and_keywords_override_them() -> None:
+    base = evaluation.Evaluation(methods=("gradient",), aggregates=("mean",))
+    config = evaluation.Evaluation.of(steps=3, samples=2)
+    assert config.options == evaluation.MetricOptions(steps=3) and config.smoothing["samples"] == 2
+    model, x = tiny_cnn(), batch(1)
+    rows = evaluation.evaluate(model, x, base, metrics=["gini"], samples=2)
+    assert [row["smoothing"] for row in rows] == ["none", "mean"] and rows[1]["samples"] == 2
+    with pytest.raises(ValueError, match="positive integer"):
+        evaluation.MetricOptions(infidelity_perturbations=0)
+    with pytest.raises(TypeError, match="aggregate"):
+        evaluation.Evaluation.of(aggregate="mean")
+    sweep = evaluation.SweepSettings.of(samples=[2, 3], reference_samples=4, steps=2)
+    assert sweep.samples == (2, 3) and sweep.options.steps == 2
+    with pytest.raises(ValueError, match="must exceed"):
+        evaluation.SweepSettings(samples=(2, 5), reference_samples=5)
+
+
+def test_table_arrows_come_from_the_metrics() -> None:
+    for key, score in metrics.SCORES.items():
+        if key in evaluation.COLUMNS:
+            header = evaluation.COLUMNS[key][0]
+            assert header.endswith({"higher": "↑", "lower": "↓", None: ""}[score.better] or
+                                   header[-1]), key
+    assert metrics.SCORES["deletion_auc"].better == "lower"
+    assert metrics.SCORES["insertion_auc"].better == "higher"

@@ -31,6 +31,9 @@ from smoothgrad.tables import Row
 
 __all__ = ["evaluate", "explainer", "randomization", "smooth_all"]
 
+ONE_RUN = hasattr(SmoothResult, "select")
+"""Whether the engine computes several aggregates from one run of passes."""
+
 
 def explainer(method: str | Callable[..., Tensor], aggregate: str | None = None,
               **smooth_kwargs: Any) -> Explainer:
@@ -71,7 +74,8 @@ def evaluate(model: nn.Module, x: Tensor, config: Evaluation | None = None, *,
     rows: list[Row] = []
     for method in config.methods:
         variants = run.variants(method, config.aggregates)
-        scores = {key: run.map_scores(m, config.metrics) for key, (m, _) in variants.items()}
+        scores = {key: run.map_scores(m, config.metrics, f"{method} {key}")
+                  for key, (m, _) in variants.items()}
         if "sensitivity" in config.metrics:
             for key, value in run.sensitivity(method, variants).items():
                 scores[key].update(value)
@@ -140,13 +144,16 @@ class Run:
             smoothing = dict(self.smoothing)
             if seed_offset:
                 smoothing["seed"] = int(smoothing.get("seed", 0)) + seed_offset
+            runs = 1 if ONE_RUN else len(aggregates)
             results = smooth_all(model, x, method, self.target, aggregates, smoothing,
-                                 progress=self.report(f"{method} {task}", calls * self.samples))
+                                 progress=self.report(f"{method} {task}",
+                                                      calls * runs * self.samples))
             out.update({a: (r.attribution.detach(), r) for a, r in results.items()})
         return out
 
-    def map_scores(self, m: Tensor, metrics: Sequence[str]) -> dict[str, Tensor]:
-        """The metrics that need only the map (and forward passes of the model)."""
+    def map_scores(self, m: Tensor, metrics: Sequence[str], label: str) -> dict[str, Tensor]:
+        """The metrics that need only the map (and forward passes of the model); `label`
+        names the map in progress reports."""
         scores: dict[str, Tensor] = {}
         if "total_variation" in metrics:
             scores["total_variation"] = complexity.total_variation(m)
@@ -159,7 +166,7 @@ class Run:
             curves = faithfulness.curves(
                 self.model, self.x, to_map(m, activation="abs"), self.target, kinds=kinds,
                 steps=self.options.steps, batch_size=self.rows, start=start,
-                progress=self.report("/".join(kinds), total))
+                progress=self.report(f"{label} {'/'.join(kinds)}", total))
             for kind, curve in curves.items():
                 scores[f"{kind}_auc"] = curve.auc
         if "infidelity" in metrics:
@@ -215,7 +222,7 @@ def smooth_all(model: nn.Module, x: Tensor, method: str | Callable[..., Tensor],
                target: Tensor, aggregates: Sequence[str], smoothing: Mapping[str, Any], *,
                progress: Callable[[int], None] | None = None) -> dict[str, SmoothResult]:
     """`smooth` for several aggregates, from one run of noisy passes when the engine can."""
-    if hasattr(SmoothResult, "select"):
+    if ONE_RUN:
         result = smooth(model, x, method=method, target=target,
                         aggregate=tuple(aggregates),  # type: ignore[arg-type]
                         progress=progress, **smoothing)

@@ -90,7 +90,7 @@ def sweep(model: nn.Module, x: Tensor, config: SweepSettings | None = None, *,
                 "flip_rate": None if result.flip_rate is None else float(result.flip_rate[0]),
                 **_compared(compared),
                 **{key: float(value[0]) for key, value in run.map_scores(
-                    result.attribution, DEFAULT_METRICS[:4]).items()},
+                    result.attribution, DEFAULT_METRICS[:4], f"{kind} {noise:g} {n}").items()},
             })
     return Sweep(noise_maps=[(float(s), map_at(float(s), config.at_samples).attribution[0])
                              for s in config.noises],
