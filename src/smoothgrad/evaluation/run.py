@@ -31,9 +31,6 @@ from smoothgrad.tables import Row
 
 __all__ = ["evaluate", "explainer", "randomization", "smooth_all"]
 
-ONE_RUN = hasattr(SmoothResult, "select")
-"""Whether the engine computes several aggregates from one run of passes."""
-
 
 def explainer(method: str | Callable[..., Tensor], aggregate: str | None = None,
               **smooth_kwargs: Any) -> Explainer:
@@ -144,10 +141,8 @@ class Run:
             smoothing = dict(self.smoothing)
             if seed_offset:
                 smoothing["seed"] = int(smoothing.get("seed", 0)) + seed_offset
-            runs = 1 if ONE_RUN else len(aggregates)
             results = smooth_all(model, x, method, self.target, aggregates, smoothing,
-                                 progress=self.report(f"{method} {task}",
-                                                      calls * runs * self.samples))
+                                 progress=self.report(f"{method} {task}", calls * self.samples))
             out.update({a: (r.attribution.detach(), r) for a, r in results.items()})
         return out
 
@@ -221,14 +216,10 @@ class Run:
 def smooth_all(model: nn.Module, x: Tensor, method: str | Callable[..., Tensor],
                target: Tensor, aggregates: Sequence[str], smoothing: Mapping[str, Any], *,
                progress: Callable[[int], None] | None = None) -> dict[str, SmoothResult]:
-    """`smooth` for several aggregates, from one run of noisy passes when the engine can."""
-    if ONE_RUN:
-        result = smooth(model, x, method=method, target=target,
-                        aggregate=tuple(aggregates),  # type: ignore[arg-type]
-                        progress=progress, **smoothing)
-        return {a: result.select(a) for a in aggregates}  # type: ignore[attr-defined]
-    return {a: smooth(model, x, method=method, target=target, aggregate=a, progress=progress,
-                      **smoothing) for a in aggregates}
+    """`smooth` for several aggregates, all from one run of noisy passes."""
+    result = smooth(model, x, method=method, target=target, aggregate=tuple(aggregates),
+                    progress=progress, **smoothing)
+    return {a: result.select(a) for a in aggregates}
 
 
 def _plain(model: nn.Module, x: Tensor, method: str | Callable[..., Tensor],
