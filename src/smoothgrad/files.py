@@ -17,15 +17,16 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import csv
 import errno
 import io
 import json
 import os
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
+
+from smoothgrad.tables import to_csv as csv_text  # the one CSV writer (pure text, no I/O)
 
 __all__ = ["OutputError", "csv_text", "json_bytes", "npy_bytes", "one_line", "sync_folder",
            "write_all", "write_atomically"]
@@ -140,23 +141,6 @@ def sync_folder(folder: Path) -> None:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
-
-
-def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    """Rows as CSV text with a header of `columns`; a missing or None value is empty.
-
-    Example:
-        >>> print(csv_text([{"a": 1, "b": 0.5}, {"a": None}], ["a", "b"]), end="")
-        a,b
-        1,0.5
-        ,
-    """
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow(["" if row.get(key) is None else row[key] for key in columns])
-    return buffer.getvalue()
 
 
 def json_bytes(value: Any) -> bytes:

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal, get_args
+from typing import IO, TYPE_CHECKING, Any, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 
 from smoothgrad.files import write_all
+from smoothgrad.maps import Activation, Reduce, to_map
 
 if TYPE_CHECKING:
     from matplotlib.colors import Colormap
@@ -54,8 +55,6 @@ __all__ = [
     "save_heatmap_png",
 ]
 
-Activation = Literal["abs", "positive", "negative", "all"]
-Reduce = Literal["sum", "max"]
 Picture = Image.Image | npt.NDArray[Any]
 
 _DEFAULT_COLORMAP = "viridis"
@@ -101,19 +100,8 @@ def process(
     """
     _check_options(activation, percentile, skew)
     _check_choice("reduce", reduce, Reduce)
-    values = _as_chw(attribution)
-    if activation == "abs":
-        values = np.abs(values)
-    elif activation == "positive":
-        values = np.maximum(values, 0.0)
-    elif activation == "negative":
-        values = np.maximum(-values, 0.0)
-
-    if reduce == "sum":
-        reduced = values.sum(axis=0)
-    else:
-        largest = np.abs(values).argmax(axis=0)[np.newaxis]
-        reduced = np.take_along_axis(values, largest, axis=0)[0]
+    values = torch.from_numpy(_as_chw(attribution))[None]
+    reduced = to_map(values, activation=activation, reduce=reduce)[0].numpy()
 
     magnitude = np.abs(reduced)
     scale = float(np.percentile(magnitude, percentile)) or float(magnitude.max())

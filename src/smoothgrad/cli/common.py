@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,8 @@ from smoothgrad import evaluation, models
 from smoothgrad.cli.parser import UsageError
 from smoothgrad.files import csv_text, write_atomically
 
-__all__ = ["DEMO_METHODS", "TITLES", "check_output_file", "load_model", "say", "target_of",
-           "unique_names", "write_tables"]
+__all__ = ["DEMO_METHODS", "TITLES", "check_output_file", "load_model", "progress_bars", "say",
+           "target_of", "unique_names", "write_tables"]
 
 TITLES = {
     "gradient": "Gradient",
@@ -69,6 +70,28 @@ def say(args: argparse.Namespace, text: str) -> None:
     """Print `text` unless --quiet."""
     if not args.quiet:
         print(text, flush=True)
+
+
+def progress_bars(args: argparse.Namespace) -> evaluation.Progress | None:
+    """A progress bar per task of `evaluate` or `sweep` (on a terminal, unless --quiet)."""
+    if args.quiet or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def update(task: str, done: int, total: int) -> None:
+        if task not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars.clear()
+            bars[task] = tqdm(total=total, desc=f"  {task}", delay=1.0, leave=False,
+                              file=sys.stderr)
+        bars[task].update(done - bars[task].n)
+        if done >= total:
+            bars.pop(task).close()
+
+    return update
 
 
 def write_tables(rows: Sequence[dict[str, Any]], columns: Sequence[str], csv: Path | None,

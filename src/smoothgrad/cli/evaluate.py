@@ -15,6 +15,7 @@ from smoothgrad.cli.common import (
     DEMO_METHODS,
     check_output_file,
     load_model,
+    progress_bars,
     say,
     target_of,
     unique_names,
@@ -26,6 +27,7 @@ from smoothgrad.cli.options import (
     add_smoothing_options,
     list_arg,
     metrics_arg,
+    positive_int,
 )
 from smoothgrad.cli.parser import UsageError, subcommand
 from smoothgrad.methods import BY_NAME
@@ -50,10 +52,23 @@ def add(commands: Any) -> None:
     parser.add_argument("--metrics", type=metrics_arg, metavar="LIST|all",
                         default=list(evaluation.DEFAULT_METRICS),
                         help=f"some of {','.join(evaluation.METRICS)}, or all (default: the "
-                             "first five; sensitivity costs 10 more maps per variant, "
+                             "first five; sensitivity costs 20 more maps per method, "
                              "randomization 1)")
     add_smoothing_options(parser, aggregate=False)
     add_evaluation_options(parser)
+    defaults = evaluation.MetricOptions()
+    parser.add_argument("--infidelity-perturbations", type=positive_int, metavar="N",
+                        default=defaults.infidelity_perturbations,
+                        help="Gaussian perturbations of infidelity (default: "
+                             f"{defaults.infidelity_perturbations})")
+    parser.add_argument("--sensitivity-perturbations", type=positive_int, metavar="N",
+                        default=defaults.sensitivity_perturbations,
+                        help="perturbed inputs of max-sensitivity (default: "
+                             f"{defaults.sensitivity_perturbations})")
+    parser.add_argument("--floor-seeds", type=positive_int, metavar="N",
+                        default=defaults.floor_seeds,
+                        help="other noise seeds of the sensitivity noise floor (default: "
+                             f"{defaults.floor_seeds})")
     parser.add_argument("--csv", type=Path, metavar="FILE", help="also write the table as CSV")
     parser.set_defaults(run=run)
 
@@ -82,11 +97,17 @@ def run(args: argparse.Namespace) -> int:
             target=target, names=[name], steps=args.steps, samples=args.samples,
             noise=args.noise, stdev=args.stdev, seed=args.seed, antithetic=args.antithetic,
             batch_size=args.batch_size, tol=args.tol, max_samples=args.max_samples,
-            log=lambda line: say(args, f"  {line}"))
+            infidelity_perturbations=args.infidelity_perturbations,
+            sensitivity_perturbations=args.sensitivity_perturbations,
+            floor_seeds=args.floor_seeds, log=lambda line: say(args, f"  {line}"),
+            progress=progress_bars(args))
     say(args, evaluation.format_table(rows))
     settings = {"images": args.images, "model": args.model, "samples": args.samples,
                 "noise": args.noise, "stdev": args.stdev, "seed": args.seed,
-                "antithetic": args.antithetic, "steps": args.steps, "metrics": args.metrics}
+                "antithetic": args.antithetic, "steps": args.steps, "metrics": args.metrics,
+                "infidelity_perturbations": args.infidelity_perturbations,
+                "sensitivity_perturbations": args.sensitivity_perturbations,
+                "floor_seeds": args.floor_seeds}
     written = write_tables(rows, list(evaluation.COLUMNS), args.csv, args.json, settings)
     for path in written:
         say(args, f"wrote {path}")

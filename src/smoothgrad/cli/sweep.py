@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         at_noise=args.at_noise, at_samples=args.at_samples,
         reference_samples=args.reference_samples, target=target, steps=args.steps,
         seed=args.seed, aggregate=args.aggregate, antithetic=args.antithetic,
-        batch_size=args.batch_size, log=lambda line: common.say(args, f"  {line}"))
+        batch_size=args.batch_size, log=lambda line: common.say(args, f"  {line}"),
+        progress=common.progress_bars(args))
     common.say(args, evaluation.format_table(result.rows, evaluation.SWEEP_COLUMNS))
     stem = f"{name}_{args.method}"
     written = []
