@@ -354,15 +354,18 @@ def test_a_locked_out_folder_is_refused(tmp_path: Path, data: Path,
 def test_a_job_runs_in_process_without_the_command_line(tmp_path: Path, data: Path) -> None:
     from smoothgrad import viz
     from smoothgrad.batch import BatchError, Job, run
+    from smoothgrad.config import SmoothConfig
 
-    job = Job(str(data / "data" / "a"), tmp_path / "out", model=f"{data / 'tiny.py'}:build",
-              samples=2, workers=0, figures=viz.Style(colormap="gray"), progress=False)
+    job = Job(str(data / "data" / "a"), tmp_path / "out", SmoothConfig(samples=2),
+              model=f"{data / 'tiny.py'}:build", workers=0, figures=viz.Style(colormap="gray"),
+              progress=False)
     summary = run(job)
     assert summary.code == 0 and [r["status"] for r in summary.records] == ["ok"] * 3
     assert "3 images, 3 explained (0 already done, 3 now), 0 failed" in summary.text
     assert (tmp_path / "out" / "figures" / "b.jpg.png").is_file()
     assert run(job).text.startswith("smoothgrad batch: 3 images, 3 explained (3 already done")
     with pytest.raises(BatchError, match="samples 2 -> 3"):
-        run(Job(job.input, job.out, model=job.model, samples=3, workers=0, progress=False))
+        run(Job(job.input, job.out, SmoothConfig(samples=3), model=job.model, workers=0,
+                progress=False))
     with pytest.raises(ValueError, match="percentile"):
         Job(job.input, job.out, figures=viz.Style(percentile=101))

@@ -1,15 +1,15 @@
 """What a batch run is asked to do: one typed, checked object (the command line builds it).
 
 Example:
-    >>> job = Job("photos/", Path("maps"), samples=20, figures=viz.Style(percentile=98))
-    >>> job.samples, job.figures.percentile
-    (20, 98)
+    >>> job = Job("photos/", Path("maps"), SmoothConfig(samples=20), figures=viz.Style())
+    >>> job.smoothing.samples, job.figures.percentile
+    (20, 99.0)
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,8 @@ import smoothgrad
 from smoothgrad import viz
 from smoothgrad.batch.sources import BatchError
 from smoothgrad.batch.store import Settings, model_fingerprint
-from smoothgrad.methods import BY_NAME
+from smoothgrad.config import SmoothConfig
 from smoothgrad.models import DEFAULT_MODEL
-from smoothgrad.stats import AGGREGATES
 from smoothgrad.tuning import default_batch_size
 
 __all__ = ["DTYPES", "Job", "images_per_batch"]
@@ -37,25 +36,17 @@ class Job:
     ``input`` is a folder, a list file, a glob or an image (see :func:`collect`); ``figures``
     is the style of the PNG maps, or None for none; ``target`` a class index or label, None
     for each image's prediction; ``workers`` decoding processes per rank (None: automatic);
-    ``progress`` shows a progress bar on a terminal. The other fields are the options of
-    :func:`smoothgrad.smooth` and of the command line.
+    ``progress`` shows a progress bar on a terminal; ``smoothing`` the options of
+    :func:`smoothgrad.smooth` (its ``batch_size="auto"`` means the device's fixed default
+    here, so reruns are exact).
     """
 
     input: str
     out: Path
+    smoothing: SmoothConfig = field(default_factory=SmoothConfig)
     model: str = DEFAULT_MODEL
     weights: Path | None = None
     device: str = "cpu"
-    method: str = "gradient"
-    samples: int | str = 50
-    noise: float | None = None
-    stdev: float | None = None
-    aggregate: str = "mean"
-    seed: int = 0
-    antithetic: bool = False
-    batch_size: int | str = "auto"
-    tol: float = 0.05
-    max_samples: int = 500
     target: int | str | None = None
     dtype: str = "float32"
     figures: viz.Style | None = None
@@ -65,10 +56,8 @@ class Job:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        checks = [(self.method in BY_NAME, f"method {self.method!r} is not one of "
-                                           f"{', '.join(BY_NAME)}"),
-                  (self.aggregate in AGGREGATES, f"aggregate {self.aggregate!r} is not one of "
-                                                 f"{', '.join(AGGREGATES)}"),
+        checks = [(isinstance(self.smoothing.method, str),
+                   "a batch run needs a built-in method, given by name"),
                   (self.dtype in DTYPES, f"dtype {self.dtype!r} is not one of "
                                          f"{', '.join(DTYPES)}"),
                   (self.weights is None or os.path.isfile(self.weights),
@@ -77,33 +66,29 @@ class Job:
             if not ok:
                 raise BatchError(message)
 
-    def smoothing(self) -> dict[str, Any]:
-        """The keyword arguments of `smooth` (without target and batch size)."""
-        return {"method": self.method, "samples": self.samples, "noise": self.noise,
-                "stdev": self.stdev, "aggregate": self.aggregate, "seed": self.seed,
-                "antithetic": self.antithetic, "tol": self.tol,
-                "max_samples": self.max_samples}
-
     def settings(self, model: nn.Module, device: torch.device, target: int | None) -> Settings:
         """The manifest of this job with `model` (the user's module) on `device`."""
-        rows = default_batch_size(device) if self.batch_size == "auto" else int(self.batch_size)
-        group = images_per_batch(self.images_per_batch, rows, self.samples)
+        config = self.smoothing
+        rows = default_batch_size(device) if config.batch_size == "auto" else config.batch_size
+        group = images_per_batch(self.images_per_batch, rows, config.samples)
         options: dict[str, Any] = {
             "model": _model_spec(self.model),
             "model_sha256": model_fingerprint(model),
-            "method": self.method,
-            "samples": self.samples,
-            "noise": (0.15 if self.noise is None else self.noise) if self.stdev is None else None,
-            "stdev": self.stdev,
-            "aggregate": self.aggregate,
-            "seed": self.seed,
-            "antithetic": self.antithetic,
+            "method": config.method_name,
+            "samples": config.samples,
+            "noise": config.noise if config.stdev is None else None,
+            "stdev": config.stdev,
+            "aggregate": config.as_dict()["aggregate"],
+            "seed": config.seed,
+            "antithetic": config.antithetic,
             "target": target,
             "dtype": self.dtype,
             "figures": asdict(self.figures) if self.figures is not None else None,
         }
-        if self.samples == "auto":
-            options.update(tol=self.tol, max_samples=self.max_samples)
+        if config.fast:
+            options["fast"] = True
+        if config.samples == "auto":
+            options.update(tol=config.tol, max_samples=config.max_samples)
         numerics = {"device": device.type, "batch_size": rows, "images_per_batch": group,
                     "threads": torch.get_num_threads() if device.type == "cpu" else None,
                     "torch": torch.__version__, "smoothgrad": smoothgrad.__version__}

@@ -194,7 +194,7 @@ def explain_group(model: models.LoadedModel, xs: Sequence[Tensor], job: Job,
         probabilities = model(x).float().softmax(dim=1)
     target = (probabilities.argmax(dim=1) if conf.target is None
               else torch.full((x.shape[0],), conf.target, device=x.device))
-    result = smooth(model, x, target=target, batch_size=conf.rows, **job.smoothing())
+    result = smooth(model, x, job.smoothing.replace(batch_size=conf.rows), target=target)
     flips = result.flip_rate
     return [Outcome(result.attribution[i], int(target[i]),
                     float(probabilities[i, target[i]]), result.samples,

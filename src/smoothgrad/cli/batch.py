@@ -21,6 +21,7 @@ from smoothgrad.cli.options import (
     add_target_option,
     batch_size_arg,
     non_negative_int,
+    smoothing,
     style,
 )
 from smoothgrad.cli.parser import subcommand
@@ -81,13 +82,10 @@ def job(args: argparse.Namespace) -> batch.Job:
     """The batch job the options describe (checked: a bad option fails here)."""
     shown = style(args)
     return batch.Job(
-        input=args.input, out=args.out, model=args.model, weights=args.weights,
-        device=args.device, method=args.method, samples=args.samples, noise=args.noise,
-        stdev=args.stdev, aggregate=args.aggregate, seed=args.seed, antithetic=args.antithetic,
-        batch_size=args.batch_size, tol=args.tol, max_samples=args.max_samples,
-        target=args.target, dtype=args.dtype, figures=shown if args.figures else None,
-        images_per_batch=args.images_per_batch, workers=args.workers,
-        overwrite=args.overwrite, progress=not args.quiet)
+        input=args.input, out=args.out, smoothing=smoothing(args), model=args.model,
+        weights=args.weights, device=args.device, target=args.target, dtype=args.dtype,
+        figures=shown if args.figures else None, images_per_batch=args.images_per_batch,
+        workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from smoothgrad.cli.options import (
     add_figure_options,
     add_model_options,
     add_smoothing_options,
+    smoothing,
     style,
 )
 from smoothgrad.cli.parser import subcommand
@@ -26,7 +27,7 @@ __all__ = ["add", "run"]
 
 def run(args: argparse.Namespace) -> int:
     """`smoothgrad demo`: the tutorial's figures for the bundled photos."""
-    shown = style(args)
+    shown, config = style(args), smoothing(args)
     model = load_model(args)
     samples = images.sample_images()
     loaded = {name: images.load(path) for name, path in samples.items()}
@@ -35,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
              else f"σ={0.15 if args.noise is None else args.noise:.0%} of the input range")
     say(args, f"model {args.model}, {args.samples} samples, {sigma}, seed {args.seed}")
     for method in DEMO_METHODS:
-        items = [explain_image(model, name, image, method, None, args)
+        items = [explain_image(model, name, image, config.replace(method=method), None,
+                               bar=not args.quiet)
                  for name, image in loaded.items()]
         for item in items:
             say(args, describe(item, None, model.labels, predictions=method == DEMO_METHODS[0]))

@@ -26,9 +26,11 @@ from smoothgrad.cli.options import (
     add_smoothing_options,
     add_target_option,
     save_arg,
+    smoothing,
     style,
 )
 from smoothgrad.cli.parser import Parser, subcommand
+from smoothgrad.config import SmoothConfig
 from smoothgrad.engine import SmoothResult, smooth
 from smoothgrad.files import npy_bytes, write_atomically
 
@@ -69,22 +71,20 @@ class Explained:
     seconds: float
 
 
-def explain_image(model: models.LoadedModel, name: str, image: Image.Image, method: str,
-                  target: int | None, args: argparse.Namespace) -> Explained:
-    """Top-5, the base method's map and its SmoothGrad, for one image."""
+def explain_image(model: models.LoadedModel, name: str, image: Image.Image,
+                  config: SmoothConfig, target: int | None, *, bar: bool = True) -> Explained:
+    """Top-5, the base method's map and its SmoothGrad, for one image (a progress bar on a
+    terminal unless `bar` is False)."""
     from tqdm import tqdm
 
     x = model.preprocess(image)
     top5 = model.top_k(x)
+    method = config.method_name
     started = time.perf_counter()
     plain = smooth(model, x, method=method, target=target, samples=1, noise=0.0).attribution
-    total = args.max_samples if args.samples == "auto" else args.samples
-    with tqdm(total=total, desc=f"{name} {method}", unit="sample", delay=1.0, leave=False,
-              disable=args.quiet or not sys.stderr.isatty(), file=sys.stderr) as bar:
-        result = smooth(model, x, method=method, target=target, samples=args.samples,
-                        noise=args.noise, stdev=args.stdev, aggregate=args.aggregate,
-                        batch_size=args.batch_size, seed=args.seed, antithetic=args.antithetic,
-                        tol=args.tol, max_samples=args.max_samples, progress=bar.update)
+    with tqdm(total=config.limit, desc=f"{name} {method}", unit="sample", delay=1.0,
+              leave=False, disable=not bar or not sys.stderr.isatty(), file=sys.stderr) as shown:
+        result = smooth(model, x, config, target=target, progress=shown.update)
     return Explained(name, image, top5, method, plain, result, time.perf_counter() - started)
 
 
@@ -138,14 +138,14 @@ def save_arrays(item: Explained, stem: Path) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     """`smoothgrad explain`: everything is checked before anything is written."""
-    shown = style(args)
+    shown, config = style(args), smoothing(args)
     loaded = [images.load(path) for path in args.images]
     model = load_model(args)
     target = target_of(args, model)
     args.out.mkdir(parents=True, exist_ok=True)
     figures = [fmt for fmt in args.save if fmt != "npy"]
     for name, image in zip(unique_names(args.images), loaded, strict=True):
-        item = explain_image(model, name, image, args.method, target, args)
+        item = explain_image(model, name, image, config, target, bar=not args.quiet)
         say(args, describe(item, target, model.labels))
         stem = args.out / f"{name}_{args.method}"
         written = []

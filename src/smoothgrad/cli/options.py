@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from smoothgrad import evaluation, models, viz
+from smoothgrad.config import SmoothConfig
 from smoothgrad.methods import BY_NAME
 from smoothgrad.stats import AGGREGATES
 
@@ -23,7 +24,7 @@ __all__ = ["SAVE_FORMATS", "add_evaluation_options", "add_figure_options", "add_
            "add_model_options", "add_noise_draw_options", "add_smoothing_options",
            "add_target_option", "batch_size_arg", "list_arg", "metrics_arg", "non_negative_float",
            "non_negative_int", "positive_float", "positive_int", "samples_arg", "save_arg",
-           "style"]
+           "smoothing", "style"]
 
 SAVE_FORMATS = ("png", "svg", "pdf", "npy")
 
@@ -168,3 +169,12 @@ def style(args: argparse.Namespace) -> viz.Style:
     """The figure options as a checked :class:`viz.Style`."""
     return viz.Style(activation=args.activation, skew=args.skew, percentile=args.percentile,
                      colormap=args.colormap)
+
+
+def smoothing(args: argparse.Namespace) -> SmoothConfig:
+    """The smoothing options (--method, --samples, --noise, ...) as a checked SmoothConfig."""
+    return SmoothConfig(method=getattr(args, "method", "gradient"), samples=args.samples,
+                        noise=args.noise, stdev=args.stdev,
+                        aggregate=getattr(args, "aggregate", "mean"),
+                        batch_size=args.batch_size, seed=args.seed, antithetic=args.antithetic,
+                        tol=args.tol, max_samples=args.max_samples)
