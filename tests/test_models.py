@@ -198,3 +198,67 @@ def test_user_model_errors(
     with pytest.raises(ModelError, match=message) as info:
         models.load(spec)
     assert "\n" not in str(info.value)
+
+
+def test_unknown_class_suggests_labels_holding_the_word() -> None:
+    """Issue 10.19: --target cat suggested 'crate', 'oxcart', 'castle' before any cat."""
+    with pytest.raises(ModelError) as info:
+        models.class_index("cat")
+    suggested = str(info.value).split("did you mean ", 1)[1]
+    assert suggested.startswith("'tiger cat', 'Persian cat', 'Siamese cat', 'Egyptian cat'")
+    assert "crate" not in suggested
+
+
+def test_user_file_imports_its_sibling_modules(tmp_path: Path) -> None:
+    """Issue 10.12: `--model file.py:fn` whose file imports a sibling module."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "sg_sibling_layers.py").write_text(
+        "from torch import nn\nHEAD = lambda: nn.Linear(3, 2)\n")
+    (folder / "sg_sibling_net.py").write_text(textwrap.dedent("""
+        from torch import nn
+        from sg_sibling_layers import HEAD
+
+        def build():
+            return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), HEAD())
+    """))
+    model = models.load(f"{folder / 'sg_sibling_net.py'}:build")
+    assert model.labels == ["class 0", "class 1"]
+
+
+@pytest.mark.parametrize("body", ["raise RuntimeError('no GPU here\\nmore')", "import sg_nowhere_x",
+                                  "x = 1 +"])
+def test_any_error_importing_the_users_file_is_one_line(tmp_path: Path, body: str) -> None:
+    """Issue 10.12: any exception while importing the user's file is a one-line ModelError."""
+    path = tmp_path / "sg_broken.py"
+    path.write_text(f"import torch\n{body}\n")
+    with pytest.raises(ModelError, match=r"importing .*sg_broken\.py' failed") as info:
+        models.load(f"{path}:build")
+    assert "\n" not in str(info.value)
+
+
+def test_crop_is_exactly_what_the_model_sees(lite0: torch.nn.Module, tmp_path: Path) -> None:
+    """Issue 10.7: the input panel is the model's own geometry, not a fixed centre square."""
+    photo = images.load(images.sample_path("chelsea"))
+    assert lite0.crop(photo).tobytes() == models.efficientnet_lite0_crop(photo).tobytes()
+    x = lite0.preprocess(photo)[0]
+    seen = torch.from_numpy(np.asarray(lite0.crop(photo), dtype=np.float32)).permute(2, 0, 1)
+    torch.testing.assert_close((seen - 127) / 128, x)
+    path = tmp_path / "sg_squash.py"
+    path.write_text(textwrap.dedent("""
+        import numpy as np, torch
+        from torch import nn
+
+        def build():
+            def squash(image):  # the whole photo, squashed to 128 high x 64 wide
+                a = np.asarray(image.resize((64, 128)), dtype=np.float32) / 255
+                return torch.from_numpy(a).permute(2, 0, 1)
+            return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2)), squash
+    """))
+    squashed = models.load(f"{path}:build")
+    picture = squashed.crop(photo)
+    assert picture.size == (64, 128)
+    x = squashed.preprocess(photo)[0]
+    shown = torch.from_numpy(np.asarray(picture, dtype=np.float32)).permute(2, 0, 1) / 255
+    stretched = (x - x.min()) / (x.max() - x.min())
+    torch.testing.assert_close(shown, stretched, atol=0.5 / 255, rtol=0)

@@ -293,3 +293,22 @@ def test_save_heatmap_png_roundtrip_and_validation(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         viz.save_heatmap_png(rgb.astype(np.float32), tmp_path / "bad.png")
     assert os.listdir(tmp_path) == ["map.png"]
+
+
+def test_channels_last_arrays_are_refused_or_read_explicitly() -> None:
+    """Issue 10.6: (224, 224, 3) was read as 224 channels, giving a (224, 3) map."""
+    hwc = np.random.default_rng(0).normal(size=(224, 224, 3))
+    with pytest.raises(ValueError, match="channels_last=True"):
+        viz.process(hwc)
+    expected = viz.process(hwc.transpose(2, 0, 1))
+    np.testing.assert_array_equal(viz.process(hwc, channels_last=True), expected)
+    np.testing.assert_array_equal(viz.process(hwc[np.newaxis], channels_last=True), expected)
+    assert viz.process(np.ones((3, 4, 4))).shape == (4, 4)  # (C, H, W) with 4 columns: fine
+
+
+def test_save_takes_one_format_as_a_string(tmp_path: Path) -> None:
+    """Issue 10.19: viz.save(fig, path, "png") failed with "got ['p', 'n', 'g']"."""
+    fig = viz.row_figure([np.zeros((4, 4))])
+    assert viz.save(fig, tmp_path / "one", "png") == [tmp_path / "one.png"]
+    assert viz.save(fig, tmp_path / "two", "png,svg") == [tmp_path / "two.png",
+                                                          tmp_path / "two.svg"]

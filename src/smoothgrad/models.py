@@ -21,6 +21,7 @@ import functools
 import importlib
 import importlib.util
 import math
+import os
 import pickle
 import re
 import sys
@@ -33,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+
+from smoothgrad.files import one_line
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -89,6 +92,9 @@ def imagenet_labels() -> list[str]:
 def class_index(name: str, labels: Sequence[str] | None = None) -> int:
     """Index of class ``name`` in ``labels`` (default ImageNet), ignoring case.
 
+    An unknown name is an error suggesting labels that hold its words first (``"cat"``:
+    ``'tiger cat'``, ``'Persian cat'``, ...), then names spelt alike.
+
     Example:
         >>> class_index("espresso")
         967
@@ -97,9 +103,29 @@ def class_index(name: str, labels: Sequence[str] | None = None) -> int:
     folded = [label.casefold() for label in labels]
     if name.casefold() in folded:
         return folded.index(name.casefold())
-    close = difflib.get_close_matches(name, labels, n=3)
+    close = _similar_labels(name, labels)
     hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
     raise ModelError(f"unknown class {name!r}{hint}")
+
+
+def _similar_labels(name: str, labels: Sequence[str], most: int = 5) -> list[str]:
+    """Labels holding `name`'s words as words ("cat" -> "tiger cat", "Persian cat"), then
+    labels holding them inside words, then spelling neighbours (difflib)."""
+    words = re.findall(r"\w+", name.casefold())
+    if not words:
+        return difflib.get_close_matches(name, labels, n=3)
+
+    def has(label: str, whole: bool) -> bool:
+        folded = label.casefold()
+        if whole:
+            return all(re.search(rf"\b{re.escape(word)}\b", folded) for word in words)
+        return all(word in folded for word in words)
+
+    found = [label for label in labels if has(label, True)]
+    found += [label for label in labels if label not in found and has(label, False)]
+    found += [label for label in difflib.get_close_matches(name, labels, n=3)
+              if label not in found]
+    return found[:most]
 
 
 # ------------------------------------------------------------------ preprocessing
@@ -491,30 +517,27 @@ def _torchvision(
 
 
 def _import_spec(spec: str) -> Any:
-    """Resolve ``"module.path:attr"`` or ``"path/to/file.py:attr"`` to the attribute."""
+    """Resolve ``"module.path:attr"`` or ``"path/to/file.py:attr"`` to the attribute.
+
+    A file's folder goes first on ``sys.path`` (so it can import its sibling modules, now and
+    later); a module name is also looked for in the current folder. Any exception raised
+    while importing the user's code becomes a one-line ModelError.
+    """
     where, _, attr = spec.rpartition(":")
     if not where or not attr:
         raise ModelError(f"model spec {spec!r} must look like 'module:callable'")
     if where.endswith(".py") or "/" in where or "\\" in where:
-        file = Path(where)
-        if not file.is_file():
-            raise ModelError(f"model spec {spec!r}: file '{file}' not found")
-        module_name = f"_smoothgrad_user_{file.stem}"
-        loader = importlib.util.spec_from_file_location(module_name, file)
-        if loader is None or loader.loader is None:
-            raise ModelError(f"model spec {spec!r}: cannot import '{file}'")
-        module = importlib.util.module_from_spec(loader)
-        sys.modules[module_name] = module
-        try:
-            loader.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[module_name]
-            raise
+        module = _import_file(spec, Path(where))
     else:
+        _on_path(os.getcwd())
         try:
             module = importlib.import_module(where)
-        except ImportError as exc:
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not where.startswith(exc.name):
+                raise _import_failed(spec, where, exc) from exc  # a module it imports
             raise ModelError(f"model spec {spec!r}: cannot import {where!r} ({exc})") from None
+        except Exception as exc:
+            raise _import_failed(spec, where, exc) from exc
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -523,11 +546,44 @@ def _import_spec(spec: str) -> Any:
     return obj
 
 
+def _import_file(spec: str, file: Path) -> Any:
+    if not file.is_file():
+        raise ModelError(f"model spec {spec!r}: file '{file}' not found")
+    module_name = f"_smoothgrad_user_{file.stem}"
+    loader = importlib.util.spec_from_file_location(module_name, file)
+    if loader is None or loader.loader is None:
+        raise ModelError(f"model spec {spec!r}: cannot import '{file}'")
+    module = importlib.util.module_from_spec(loader)
+    _on_path(str(file.resolve().parent))
+    sys.modules[module_name] = module
+    try:
+        loader.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[module_name]
+        raise _import_failed(spec, str(file), exc) from exc
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module
+
+
+def _on_path(folder: str) -> None:
+    if folder not in sys.path and os.path.realpath(folder) not in map(os.path.realpath, sys.path):
+        sys.path.insert(0, folder)
+
+
+def _import_failed(spec: str, where: str, exc: BaseException) -> ModelError:
+    return ModelError(f"model spec {spec!r}: importing '{where}' failed: {one_line(exc)}")
+
+
 def _user_model(spec: str) -> tuple[nn.Module, Callable[[Image.Image], Any]]:
     factory = _import_spec(spec)
     if not callable(factory):
         raise ModelError(f"model spec {spec!r} is not callable")
-    made = factory()
+    try:
+        made = factory()
+    except Exception as exc:  # the user's code: one line, like an import error
+        raise ModelError(f"model spec {spec!r}: calling it failed: {one_line(exc)}") from exc
     model, preprocess = made if isinstance(made, tuple) and len(made) == 2 else (made, None)
     if not isinstance(model, nn.Module):
         raise ModelError(

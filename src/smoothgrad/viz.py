@@ -47,6 +47,7 @@ __all__ = [
     "colorize",
     "comparison_figure",
     "convergence_figure",
+    "figure_files",
     "overlay",
     "png_bytes",
     "process",
@@ -59,6 +60,7 @@ Picture = Image.Image | npt.NDArray[Any]
 
 _DEFAULT_COLORMAP = "viridis"
 _DEFAULT_DIVERGING_COLORMAP = "RdBu_r"
+_COLOUR = (1, 3, 4)  # channel counts of pictures: gray, RGB, RGBA
 _SUGGESTED_COLORMAPS = ("viridis", "magma", "inferno", "gray", "hot", "RdBu_r", "bwr", "seismic")
 
 
@@ -69,11 +71,15 @@ def process(
     percentile: float = 99.0,
     skew: float = 0.5,
     reduce: Reduce = "sum",
+    channels_last: bool = False,
 ) -> npt.NDArray[np.float32]:
     """Reduce an attribution to a 2-D map scaled for display.
 
     ``attribution`` is shaped ``(C, H, W)``, ``(1, C, H, W)`` or ``(H, W)``
-    (channels first, one example). Steps, in order:
+    (channels first, one example), or with ``channels_last=True`` ``(H, W, C)`` or
+    ``(1, H, W, C)``. A channels-first shape whose last axis looks like colour channels
+    (1, 3 or 4) while its first does not, e.g. ``(224, 224, 3)``, is refused rather than
+    read as 224 channels: pass ``channels_last=True`` (or transpose). Steps, in order:
 
     1. activation, per element: ``abs`` -> ``|a|``, ``positive`` -> ``max(a, 0)``,
        ``negative`` -> ``max(-a, 0)``, ``all`` -> ``a`` (signed);
@@ -100,7 +106,7 @@ def process(
     """
     _check_options(activation, percentile, skew)
     _check_choice("reduce", reduce, Reduce)
-    values = torch.from_numpy(_as_chw(attribution))[None]
+    values = torch.from_numpy(_as_chw(attribution, channels_last))[None]
     reduced = to_map(values, activation=activation, reduce=reduce)[0].numpy()
 
     magnitude = np.abs(reduced)
@@ -344,11 +350,13 @@ def convergence_figure(
 def save(
     fig: Figure,
     path: str | os.PathLike[str],
-    formats: Sequence[str] = ("png",),
+    formats: str | Sequence[str] = ("png",),
     *,
     dpi: float | None = None,
 ) -> list[Path]:
     """Write ``fig`` once per format, atomically, and return the paths written.
+
+    ``formats`` is a sequence of names or one string (``"png"`` or ``"png,svg"``).
 
     ``path`` gives the name: a suffix naming a format (``fig.png``) is replaced
     per format, any other is kept (``sigma0.15`` -> ``sigma0.15.png``). Each
@@ -361,6 +369,31 @@ def save(
     >>> save(row_figure([np.zeros((4, 4))]), "/tmp/sg_doc", ("png", "svg"))  # doctest: +SKIP
     [PosixPath('/tmp/sg_doc.png'), PosixPath('/tmp/sg_doc.svg')]
     """
+    try:
+        return write_all(figure_files(fig, path, formats, dpi=dpi))
+    finally:
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is not None:
+            pyplot.close(fig)
+
+
+def figure_files(
+    fig: Figure,
+    path: str | os.PathLike[str],
+    formats: str | Sequence[str] = ("png",),
+    *,
+    dpi: float | None = None,
+) -> dict[Path, Callable[[IO[bytes]], None]]:
+    """What :func:`save` writes: file path -> function writing the figure in its format.
+
+    For writing figures together with other files, all or none
+    (``smoothgrad.files.write_all``).
+
+    >>> sorted(p.name for p in figure_files(row_figure([np.zeros((4, 4))]), "x.png", "png,svg"))
+    ['x.png', 'x.svg']
+    """
+    if isinstance(formats, str):
+        formats = [part.strip() for part in formats.split(",")]
     supported = fig.canvas.get_supported_filetypes()
     unknown = [fmt for fmt in formats if fmt.lower() not in supported]
     if unknown or not formats:
@@ -373,17 +406,8 @@ def save(
     def writer(fmt: str) -> Callable[[IO[bytes]], None]:
         return lambda file: fig.savefig(file, format=fmt, dpi=resolution)
 
-    try:
-        return write_all(
-            {
-                target.with_name(f"{target.name}.{fmt.lower()}"): writer(fmt.lower())
-                for fmt in formats
-            }
-        )
-    finally:
-        pyplot = sys.modules.get("matplotlib.pyplot")
-        if pyplot is not None:
-            pyplot.close(fig)
+    return {target.with_name(f"{target.name}.{fmt.lower()}"): writer(fmt.lower())
+            for fmt in formats}
 
 
 def save_heatmap_png(rgb: npt.ArrayLike, path: str | os.PathLike[str]) -> Path:
@@ -423,7 +447,9 @@ def _check_choice(name: str, value: str, choices: Any) -> None:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
-def _as_chw(attribution: torch.Tensor | npt.ArrayLike) -> npt.NDArray[np.float64]:
+def _as_chw(
+    attribution: torch.Tensor | npt.ArrayLike, channels_last: bool = False
+) -> npt.NDArray[np.float64]:
     """One example's attribution as float64 ``(C, H, W)``."""
     if isinstance(attribution, torch.Tensor):
         attribution = attribution.detach().to("cpu", torch.float64).numpy()
@@ -433,9 +459,17 @@ def _as_chw(attribution: torch.Tensor | npt.ArrayLike) -> npt.NDArray[np.float64
         values = values[0]
     elif values.ndim == 2:
         values = values[np.newaxis]
-    if values.ndim != 3 or values.size == 0:
+    if values.ndim == 3 and channels_last:
+        values = values.transpose(2, 0, 1)
+    elif values.ndim == 3 and values.shape[2] in _COLOUR and values.shape[0] not in _COLOUR:
         raise ValueError(
-            f"expected one attribution shaped (C, H, W), (1, C, H, W) or (H, W), got {shape}"
+            f"attribution shaped {shape} looks channels-last (H, W, C); process reads "
+            "(C, H, W): pass channels_last=True, or transpose it"
+        )
+    if values.ndim != 3 or values.size == 0:
+        layouts = "(H, W, C) or (1, H, W, C)" if channels_last else "(C, H, W), (1, C, H, W)"
+        raise ValueError(
+            f"expected one attribution shaped {layouts} or (H, W), got {shape}"
         )
     if not np.all(np.isfinite(values)):
         raise ValueError("attribution contains NaN or infinite values")
