@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -140,3 +142,155 @@ def test_colliding_names_get_distinct_outputs(capsys: pytest.CaptureFixture[str]
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == sorted(f"{stem}_gradient{s}.npy" for stem in ("chelsea", "chelsea-2")
                            for s in ("", "_smoothgrad", "_smoothgrad_stderr"))
+
+
+# -------------------------------------------------------- issue 10: app-layer regressions
+
+TINY = '''
+import numpy as np, torch
+from torch import nn
+
+def build():
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                          nn.Flatten(), nn.Linear(16, 5))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    return model, squash
+
+def squash(image):  # the whole photo squashed to 24 high x 12 wide, values in [0, 1]
+    a = np.asarray(image.resize((12, 24)), dtype=np.float32) / 255
+    return torch.from_numpy(a).permute(2, 0, 1)
+'''
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> str:
+    (tmp_path / "sg_cli_tiny.py").write_text(TINY)
+    return str(tmp_path / "sg_cli_tiny.py")
+
+
+def test_input_panel_shows_the_pixels_the_model_saw(capsys: pytest.CaptureFixture[str],
+                                                    tmp_path: Path, tiny: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 10.7: the Input panel was a fixed centre square whatever the preprocess did."""
+    from smoothgrad import models, viz
+
+    drawn: list[viz.Row] = []
+    original = viz.comparison_figure
+
+    def record(rows: list[viz.Row], **kwargs: object) -> object:
+        drawn.extend(rows)
+        return original(rows, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(viz, "comparison_figure", record)
+    code, err = call(capsys, "explain", CAT, "--model", f"{tiny}:build", "--samples", "2",
+                     "--save", "png", "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    panel = drawn[0].image
+    expected = models.load(f"{tiny}:build").crop(images.load(CAT))
+    assert panel.size == (12, 24) and panel.tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--percentile", "101"], "percentile must be in (0, 100]"),
+    (["--aggregate", "var", "--samples", "1"], "needs samples >= 2"),
+])
+def test_options_are_checked_before_any_work_or_write(capsys: pytest.CaptureFixture[str],
+                                                      tmp_path: Path, args: list[str],
+                                                      message: str) -> None:
+    """Issue 10.13: --percentile 101 computed and printed the maps first; --aggregate var
+    --samples 1 created --out before failing."""
+    out = tmp_path / "out"
+    try:
+        code = main(["explain", CAT, "--out", str(out), *args])
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    captured = capsys.readouterr()
+    assert code == 2 and message in captured.err, captured.err
+    assert captured.out == "" and not out.exists()
+
+
+def test_sweep_json_may_go_into_the_out_folder_it_creates(capsys: pytest.CaptureFixture[str],
+                                                          tmp_path: Path, tiny: str) -> None:
+    """Issue 10.13 (sweep --out sw1 --json sw1/t.json was refused: sw1 did not exist yet) and
+    10.17 (CSV/JSON were 0600 whatever the umask)."""
+    out = tmp_path / "sw1"
+    old = os.umask(0o027)
+    try:
+        code, err = call(capsys, "sweep", CAT, "--model", f"{tiny}:build", "--noise", "0,0.1",
+                         "--samples", "2", "--at-samples", "2", "--reference-samples", "3",
+                         "--steps", "2", "--out", str(out), "--json", str(out / "t.json"),
+                         "--quiet")
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    assert (out / "t.json").is_file() and (out / "chelsea_gradient_sweep.csv").is_file()
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert set(modes.values()) == {0o640}, modes
+
+
+def test_outputs_follow_the_umask(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                  tiny: str) -> None:
+    """Issue 10.17: explain's .npy files were 0600 (mkstemp), its PNGs 0644."""
+    for umask, mode in [(0o022, 0o644), (0o077, 0o600)]:
+        out = tmp_path / f"out{umask:o}"
+        old = os.umask(umask)
+        try:
+            code, err = call(capsys, "explain", CAT, "--model", f"{tiny}:build", "--samples",
+                             "2", "--out", str(out), "--quiet")
+        finally:
+            os.umask(old)
+        assert code == 0, err
+        modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+        assert len(modes) == 4 and set(modes.values()) == {mode}, modes
+
+
+def test_a_full_disk_names_the_file_and_leaves_nothing(capsys: pytest.CaptureFixture[str],
+                                                       tmp_path: Path, tiny: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 10.11: "150528 requested and 28640 written", no file name, a PNG and an .npy
+    left behind."""
+    def full(descriptor: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    out = tmp_path / "out"
+    code, err = call(capsys, "explain", CAT, "--model", f"{tiny}:build", "--samples", "2",
+                     "--save", "png,npy", "--out", str(out))
+    assert code == 2 and err.count("\n") == 1, err
+    assert "disk is full" in err and str(out / "chelsea_gradient") in err
+    assert list(out.iterdir()) == []
+
+
+def test_a_closed_stdout_costs_no_results(tmp_path: Path) -> None:
+    """Issue 10.10: `smoothgrad ... | head -1` lost the work done after the pipe closed."""
+    other = tmp_path / "coffee.jpg"
+    other.write_bytes(images.sample_path("coffee").read_bytes())
+    read, write = os.pipe()
+    os.close(read)  # every write to stdout now fails with EPIPE
+    try:
+        done = subprocess.run([str(SCRIPT), "explain", CAT, str(other), "--samples", "2",
+                               "--save", "npy", "--out", str(tmp_path / "out")],
+                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=300,
+                              check=False)
+    finally:
+        os.close(write)
+    assert done.returncode == 0, done.stderr
+    assert "Broken pipe" not in done.stderr and "Traceback" not in done.stderr
+    assert len(list((tmp_path / "out").glob("*.npy"))) == 6
+
+
+def test_model_module_from_the_current_folder_and_broken_files(tmp_path: Path,
+                                                               tiny: str) -> None:
+    """Issue 10.12: `--model module:fn` should find modules in the current folder; an
+    exception while importing the user's file was a traceback with rc 1."""
+    done = run("explain", CAT, "--model", "sg_cli_tiny:build", "--samples", "2", "--save",
+               "npy", "--out", "out", "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "chelsea_gradient_smoothgrad.npy").is_file()
+    (tmp_path / "broken.py").write_text("import torch\nraise ValueError('bad config')\n")
+    done = run("explain", CAT, "--model", "broken.py:build", "--out", "out2", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "bad config" in done.stderr and "Traceback" not in done.stderr

@@ -7,12 +7,12 @@ The work is :func:`smoothgrad.batch.run`; this module turns the options into a
 from __future__ import annotations
 
 import argparse
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 from smoothgrad import batch
+from smoothgrad.cli.common import say
 from smoothgrad.cli.options import (
     add_figure_options,
     add_method_option,
@@ -94,6 +94,6 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore" if args.quiet else "always", batch.RunWarning)
         summary = batch.run(todo)
-    if summary.text and not args.quiet:
-        print(summary.text, file=sys.stdout)
+    if summary.text:
+        say(args, summary.text)
     return summary.code

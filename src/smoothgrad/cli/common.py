@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -43,10 +44,14 @@ def unique_names(paths: Sequence[str]) -> list[str]:
     return names
 
 
-def check_output_file(path: Path | None, option: str) -> None:
-    """Refuse an output file whose folder does not exist, before any computation."""
-    if path is not None and not path.parent.is_dir():
-        raise UsageError(f"{option}: no such folder '{path.parent}'")
+def check_output_file(path: Path | None, option: str, out: Path | None = None) -> None:
+    """Refuse an output file whose folder does not exist (and is not the output folder
+    `out`, which the command creates), before any computation."""
+    if path is None or path.parent.is_dir():
+        return
+    if out is not None and os.path.abspath(path.parent) == os.path.abspath(out):
+        return
+    raise UsageError(f"{option}: no such folder '{path.parent}'")
 
 
 def load_model(args: argparse.Namespace) -> models.LoadedModel:
@@ -67,9 +72,16 @@ def target_of(args: argparse.Namespace, model: models.LoadedModel) -> int | None
 
 
 def say(args: argparse.Namespace, text: str) -> None:
-    """Print `text` unless --quiet."""
-    if not args.quiet:
+    """Print `text` unless --quiet. A closed stdout (``smoothgrad ... | head -1``) is not an
+    error: the rest of the output is dropped and the work goes on."""
+    if args.quiet:
+        return
+    try:
         print(text, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)  # later writes and the exit flush go here
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def progress_bars(args: argparse.Namespace) -> evaluation.Progress | None:

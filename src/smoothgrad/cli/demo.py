@@ -12,7 +12,7 @@ from typing import Any
 
 from smoothgrad import images, viz
 from smoothgrad.cli.common import DEMO_METHODS, TITLES, load_model, say
-from smoothgrad.cli.explain import centre_square, describe, explain_image, method_figure
+from smoothgrad.cli.explain import describe, explain_image, method_figure
 from smoothgrad.cli.options import (
     add_figure_options,
     add_model_options,
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
                  for name, image in loaded.items()]
         for item in items:
             say(args, describe(item, None, model.labels, predictions=method == DEMO_METHODS[0]))
-        figure = method_figure(items, shown, centre_square)
+        figure = method_figure(items, shown, model.crop)
         for path in viz.save(figure, args.out / method, ["png"]):
             say(args, f"wrote {path}: Input | {TITLES[method]} | SmoothGrad + {TITLES[method]} "
                       f"for {', '.join(loaded)}")

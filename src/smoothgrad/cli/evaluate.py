@@ -28,6 +28,7 @@ from smoothgrad.cli.options import (
     list_arg,
     metrics_arg,
     positive_int,
+    smoothing,
 )
 from smoothgrad.cli.parser import UsageError, subcommand
 from smoothgrad.methods import BY_NAME
@@ -75,6 +76,7 @@ def add(commands: Any) -> None:
 
 def check(args: argparse.Namespace) -> None:
     """Every option of `evaluate` that can be checked before any work."""
+    smoothing(args)  # checks --samples, --noise, --tol, ...
     if "var" in args.aggregates and args.samples == 1:
         raise UsageError("--aggregates var needs --samples >= 2")
     check_output_file(args.json, "--json")

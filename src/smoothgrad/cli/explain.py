@@ -32,7 +32,7 @@ from smoothgrad.cli.options import (
 from smoothgrad.cli.parser import Parser, subcommand
 from smoothgrad.config import SmoothConfig
 from smoothgrad.engine import SmoothResult, smooth
-from smoothgrad.files import npy_bytes, write_atomically
+from smoothgrad.files import Data, npy_bytes, write_all
 
 __all__ = ["Explained", "add", "describe", "explain_image", "method_figure", "run"]
 
@@ -91,7 +91,7 @@ def explain_image(model: models.LoadedModel, name: str, image: Image.Image,
 def method_figure(items: Sequence[Explained], shown: viz.Style,
                   picture: Any) -> Any:
     """Input | base method | SmoothGrad + base method, one row per image (tutorial Fig. 4-5);
-    `picture(image)` is the input panel."""
+    `picture(image)` is the input panel: the pixels the model saw (`LoadedModel.crop`)."""
     rows = [viz.Row(picture(item.image),
                     [shown.process(item.plain[0]), shown.process(item.smoothed.attribution[0])],
                     f"{item.top5[0][0]} {item.top5[0][1]:.2f}") for item in items]
@@ -119,21 +119,12 @@ def describe(item: Explained, target: int | None, labels: Sequence[str], *,
     return "\n".join(lines)
 
 
-def centre_square(image: Image.Image, size: int = 224) -> Image.Image:
-    """The centre crop ImageNet models see (7/8 of the shorter side), for display."""
-    width, height = image.size
-    side = int(min(width, height) * 224 / 256)
-    left, top = (width - side) // 2, (height - side) // 2
-    return image.crop((left, top, left + side, top + side)).resize((size, size))
-
-
-def save_arrays(item: Explained, stem: Path) -> list[Path]:
+def array_files(item: Explained, stem: Path) -> dict[Path, bytes]:
     """The plain map, the SmoothGrad map and its standard error as float32 .npy files."""
     arrays = {"": item.plain[0], "_smoothgrad": item.smoothed.attribution[0],
               "_smoothgrad_stderr": item.smoothed.stderr[0]}
-    return [write_atomically(stem.with_name(f"{stem.name}{suffix}.npy"),
-                             npy_bytes(array.detach().cpu().float().numpy()))
-            for suffix, array in arrays.items()]
+    return {stem.with_name(f"{stem.name}{suffix}.npy"): npy_bytes(array.detach().cpu().float())
+            for suffix, array in arrays.items()}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -148,11 +139,12 @@ def run(args: argparse.Namespace) -> int:
         item = explain_image(model, name, image, config, target, bar=not args.quiet)
         say(args, describe(item, target, model.labels))
         stem = args.out / f"{name}_{args.method}"
-        written = []
+        outputs: dict[Path, Data] = {}
         if figures:
-            written += viz.save(method_figure([item], shown, centre_square), stem, figures)
+            figure = method_figure([item], shown, model.crop)
+            outputs.update(viz.figure_files(figure, stem, figures))
         if "npy" in args.save:
-            written += save_arrays(item, stem)
-        for path in written:
+            outputs.update(array_files(item, stem))
+        for path in write_all(outputs):  # all of this image's files, or none
             say(args, f"  wrote {path}")
     return 0

@@ -12,7 +12,6 @@ from typing import Any
 
 from smoothgrad import evaluation, images, viz
 from smoothgrad.cli import common
-from smoothgrad.cli.explain import centre_square
 from smoothgrad.cli.options import (
     add_evaluation_options,
     add_figure_options,
@@ -37,7 +36,7 @@ def check(args: argparse.Namespace) -> viz.Style:
                          f"--samples ({max(args.samples)})")
     if args.aggregate == "var" and min(*args.samples, args.at_samples) < 2:
         raise UsageError("--aggregate var needs at least 2 samples per map")
-    common.check_output_file(args.json, "--json")
+    common.check_output_file(args.json, "--json", args.out)
     return style(args)
 
 
@@ -84,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     common.say(args, evaluation.format_table(result.rows, evaluation.SWEEP_COLUMNS))
     stem = f"{name}_{args.method}"
     written = []
-    drawn = figures(args, result, centre_square(image), name, smoothed, shown)
+    drawn = figures(args, result, model.crop(image), name, smoothed, shown)
     for figure, part in zip(drawn, ("noise", "samples", "convergence"), strict=True):
         written += viz.save(figure, args.out / f"{stem}_{part}", args.save)
     settings = {"image": args.image, "model": args.model, "method": args.method,
