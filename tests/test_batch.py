@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
 import random
@@ -369,3 +370,158 @@ def test_a_job_runs_in_process_without_the_command_line(tmp_path: Path, data: Pa
                 progress=False))
     with pytest.raises(ValueError, match="percentile"):
         Job(job.input, job.out, figures=viz.Style(percentile=101))
+
+
+# -------------------------------------------------------- issues 10 and 15: regressions
+
+
+def job_for(data: Path, out: Path, **changes: object) -> object:
+    from smoothgrad.batch import Job
+    from smoothgrad.config import SmoothConfig
+
+    options: dict[str, object] = {"smoothing": SmoothConfig(samples=2),
+                                  "model": f"{data / 'tiny.py'}:build", "workers": 0,
+                                  "progress": False}
+    options.update(changes)
+    return Job(str(data / "data" / "a"), out, **options)  # type: ignore[arg-type]
+
+
+def test_a_killed_runs_lock_goes_with_its_main_process(tmp_path: Path, data: Path) -> None:
+    """Issue 10.9: after kill -9 of the command, its orphaned decoding workers kept the lock
+    and the immediate re-run was refused as "in use by another smoothgrad batch run"."""
+    fcntl = pytest.importorskip("fcntl")
+    out = tmp_path / "out"
+    process = subprocess.Popen([str(SCRIPT), *command(data, out, "--workers", "2")], env=ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if any((out / "records").rglob("*.json")):
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.kill()  # the main process only: its workers are orphaned, as by kill -9 PID
+    process.wait()
+    with open(out / ".smoothgrad.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError while orphans hold it
+    done = run(*command(data, out, "--workers", "0"))
+    assert done.returncode == 1 and "already done" in done.stdout, done.stderr
+
+
+def test_a_closed_stdout_costs_no_results_in_batch(tmp_path: Path, data: Path) -> None:
+    """Issue 10.10: `smoothgrad batch ... | head -1`."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([str(SCRIPT), "batch", str(data / "data" / "a"), "--out",
+                               str(tmp_path / "out"), "--model", f"{data / 'tiny.py'}:build",
+                               "--samples", "2"], stdout=write, stderr=subprocess.PIPE,
+                              text=True, env=ENV, timeout=300, check=False)
+    finally:
+        os.close(write)
+    assert done.returncode == 0 and "Broken pipe" not in done.stderr, done.stderr
+    assert [row["status"] for row in index(tmp_path / "out")] == ["ok"] * 3
+
+
+def test_a_full_disk_stops_the_run_and_leaves_nothing_half_written(
+        tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 10.11: no file name in the message, a PNG and an .npy left behind."""
+    from smoothgrad import files, viz
+    from smoothgrad.batch import run as run_job
+
+    calls = []
+    real = os.fsync
+
+    def fills_up(descriptor: int) -> None:
+        calls.append(descriptor)
+        if len(calls) > 1:  # run.json fits, nothing after it does
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(descriptor)
+
+    monkeypatch.setattr(os, "fsync", fills_up)
+    out = tmp_path / "out"
+    with pytest.raises(files.OutputError, match="disk is full") as info:
+        run_job(job_for(data, out, figures=viz.Style()))  # type: ignore[arg-type]
+    assert f"cannot write '{out / 'arrays' / 'b.jpg.npy'}'" in str(info.value)
+    left = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert left == [".smoothgrad.lock", "run.json"], left
+
+
+def test_samples_auto_records_convergence_relative_error_and_stderr(tmp_path: Path,
+                                                                   data: Path) -> None:
+    """Issue 10.18: which images did not converge, a relative-error column in index.csv,
+    and standard-error arrays as explain writes them."""
+    import warnings
+
+    from smoothgrad.batch import run as run_job
+    from smoothgrad.config import SmoothConfig
+
+    out = tmp_path / "out"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # smooth's own "has not converged" warning
+        summary = run_job(job_for(data, out, smoothing=SmoothConfig(  # type: ignore[arg-type]
+            samples="auto", tol=1e-6, max_samples=10), dtype="float16"))
+    assert summary.code == 0
+    rows = index(out)
+    assert {row["converged"] for row in rows} == {"False"}
+    assert all(float(row["relative_error"]) > 1e-6 for row in rows)
+    assert "not converged: " in summary.text
+    for row in rows:
+        stderr = np.load(out / row["array"].replace("arrays/", "stderr/", 1))
+        assert stderr.shape == (3, 32, 32) and stderr.dtype == np.float16
+        assert (stderr >= 0).all() and stderr.max() > 0
+    easy = run_job(job_for(data, tmp_path / "easy",  # type: ignore[arg-type]
+                           smoothing=SmoothConfig(samples="auto", tol=10.0)))
+    assert {row["converged"] for row in easy.records} == {True}
+    assert "not converged" not in easy.text
+
+
+def test_figures_of_a_finished_run_are_drawn_from_its_arrays(
+        tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15.4: adding --figures to a finished run was refused ("other options") and,
+    with --overwrite, recomputed every map."""
+    from smoothgrad import viz
+    from smoothgrad.batch import RunWarning, runner
+    from smoothgrad.batch import run as run_job
+
+    reference = tmp_path / "reference"
+    assert run_job(job_for(data, reference, figures=viz.Style())).code == 0  # type: ignore[arg-type]
+    out = tmp_path / "out"
+    assert run_job(job_for(data, out)).code == 0  # type: ignore[arg-type]
+    before = {name: data for name, data in files(out).items() if name != "index.csv"}
+
+    def no_smoothing(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished image was explained again")
+
+    monkeypatch.setattr(runner, "smooth", no_smoothing)
+    summary = run_job(job_for(data, out, figures=viz.Style()))  # type: ignore[arg-type]
+    assert summary.code == 0 and "drew 3 figures" in summary.text
+    after = files(out)
+    assert all(after[name] == data for name, data in before.items() if name != "run.json")
+    figures = {name: data for name, data in files(reference).items()
+               if name.startswith("figures/")}
+    assert len(figures) == 3 and all(after[name] == data for name, data in figures.items())
+    # another style is not "other options" either: the figures are drawn again
+    with pytest.warns(RunWarning, match="drawing the figures again"):
+        summary = run_job(job_for(data, out, figures=viz.Style(colormap="gray")))  # type: ignore[arg-type]
+    assert summary.code == 0 and "drew 3 figures" in summary.text
+    assert all(files(out)[name] != data for name, data in figures.items())
+    assert run_job(job_for(data, out, figures=viz.Style(colormap="gray"))).text.count(  # type: ignore[arg-type]
+        "drew") == 0
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--figures", "--percentile", "101"], "percentile must be in (0, 100]"),
+    (["--figures", "--colormap", "viridiss"], "unknown colormap"),
+    (["--aggregate", "var", "--samples", "1"], "needs samples >= 2"),
+])
+def test_bad_options_are_refused_before_anything_is_written(
+        tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str], args: list[str],
+        message: str) -> None:
+    """Issue 10.13: with --figures, --percentile 101 failed after run.json and an array were
+    written, so the corrected rerun was refused as "other options"."""
+    out = tmp_path / "out"
+    code = main(["batch", str(data / "data" / "a"), "--out", str(out), "--model",
+                 f"{data / 'tiny.py'}:build", "--samples", "2", "--workers", "0", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not out.exists()

@@ -83,7 +83,6 @@ class Job:
             "antithetic": config.antithetic,
             "target": target,
             "dtype": self.dtype,
-            "figures": asdict(self.figures) if self.figures is not None else None,
         }
         if config.fast:
             options["fast"] = True
@@ -92,7 +91,8 @@ class Job:
         numerics = {"device": device.type, "batch_size": rows, "images_per_batch": group,
                     "threads": torch.get_num_threads() if device.type == "cpu" else None,
                     "torch": torch.__version__, "smoothgrad": smoothgrad.__version__}
-        return Settings(options, numerics, rows, group, target)
+        figures = asdict(self.figures) if self.figures is not None else None
+        return Settings(options, numerics, rows, group, target, figures)
 
 
 def images_per_batch(requested: int | str, rows: int, samples: int | str) -> int:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -34,12 +35,13 @@ from smoothgrad.batch.store import (
     plan,
     read_record,
     write_failure,
+    write_figure,
     write_index,
     write_outputs,
 )
 from smoothgrad.batch.world import World
 from smoothgrad.engine import smooth
-from smoothgrad.files import one_line
+from smoothgrad.files import OutputError, one_line
 
 __all__ = ["Outcome", "RunWarning", "Summary", "explain_group", "run"]
 
@@ -60,13 +62,17 @@ class Summary:
 
 @dataclass
 class Outcome:
-    """One image's attribution and the numbers of its index row."""
+    """One image's attribution, its standard error and the numbers of its index row;
+    `converged` is None unless samples="auto"."""
 
     attribution: Tensor
+    stderr: Tensor
     target: int
     probability: float
     samples: int
     flip_rate: float
+    relative_error: float
+    converged: bool | None
 
 
 @dataclass
@@ -94,6 +100,7 @@ def run(job: Job) -> Summary:
         with _exact_cudnn(world.device):
             context = _start(job, world, lock)
             stats = _explain_all(context)
+            stats["drawn"] = _draw_all(context) if job.figures is not None else 0
             return _finish(context, stats, time.perf_counter() - started)
     except ValueError:
         if world.rank == 0:
@@ -178,7 +185,7 @@ def _finish(context: _Context, mine: dict[str, Any], seconds: float) -> Summary:
     stats = world.gather(mine)
     if world.rank != 0:
         return Summary(0)
-    records = [read_record(source, out, False) or _missing(source) for source in sources]
+    records = [read_record(source, out) or _missing(source) for source in sources]
     index = write_index(out, records)
     failed = [r for r in records if r["status"] != "ok"]
     text = _summary(records, failed, stats, context.plan, index, world.device, world.size,
@@ -194,11 +201,13 @@ def explain_group(model: models.LoadedModel, xs: Sequence[Tensor], job: Job,
         probabilities = model(x).float().softmax(dim=1)
     target = (probabilities.argmax(dim=1) if conf.target is None
               else torch.full((x.shape[0],), conf.target, device=x.device))
-    result = smooth(model, x, job.smoothing.replace(batch_size=conf.rows), target=target)
-    flips = result.flip_rate
-    return [Outcome(result.attribution[i], int(target[i]),
+    config = job.smoothing.replace(batch_size=conf.rows)
+    result = smooth(model, x, config, target=target)
+    flips, errors = result.flip_rate, result.relative_error().tolist()
+    return [Outcome(result.attribution[i], result.stderr[i], int(target[i]),
                     float(probabilities[i, target[i]]), result.samples,
-                    float(flips[i]) if flips is not None else math.nan)
+                    float(flips[i]) if flips is not None else math.nan, errors[i],
+                    errors[i] <= config.tol if config.samples == "auto" else None)
             for i in range(x.shape[0])]
 
 
@@ -235,6 +244,8 @@ def _explain_batch(context: _Context, batch: list[Decoded],
             continue
         try:
             records.append(_save(context, source, result))
+        except OutputError:
+            raise  # a full disk: stop here, the run resumes once there is room
         except OSError as exc:  # e.g. a file name too long for the file system
             records.append(write_failure(source, out, f"cannot write outputs: {one_line(exc)}"))
     return records
@@ -242,17 +253,42 @@ def _explain_batch(context: _Context, batch: list[Decoded],
 
 def _save(context: _Context, source: Source, done: Outcome) -> dict[str, Any]:
     job, labels = context.job, context.model.labels
-    array = done.attribution.detach().cpu().numpy().astype(job.dtype)
-    figure = None
-    if job.figures is not None:
-        figure = viz.png_bytes(job.figures.picture(done.attribution.detach().cpu().float()))
+    arrays = {"arrays": done.attribution.detach().cpu().numpy().astype(job.dtype),
+              "stderr": done.stderr.detach().cpu().numpy().astype(job.dtype)}
+    figure = None if job.figures is None else _figure(job.figures, arrays["arrays"])
     record = {"path": source.path, "key": source.key, "status": "ok",
-              "array": source.output(Path(), "arrays").as_posix(), "target": done.target,
+              "array": source.output(Path(), "arrays").as_posix(),
+              "stderr": source.output(Path(), "stderr").as_posix(), "target": done.target,
               "label": labels[done.target] if 0 <= done.target < len(labels) else "",
               "probability": done.probability, "samples": done.samples,
               "flip_rate": None if math.isnan(done.flip_rate) else done.flip_rate,
+              "relative_error": done.relative_error, "converged": done.converged,
               "error": None}
-    return write_outputs(source, job.out, array, figure, record)
+    return write_outputs(source, job.out, arrays, figure, record)
+
+
+def _figure(style: viz.Style, array: np.ndarray[Any, Any]) -> bytes:
+    """The PNG of a stored attribution array: figures depend on the arrays only."""
+    return viz.png_bytes(style.picture(np.asarray(array, dtype=np.float32)))
+
+
+def _draw_all(context: _Context) -> int:
+    """Draw this rank's share of the finished images' figures from their stored arrays;
+    returns how many were drawn."""
+    job, world, sources = context.job, context.world, context.plan.sources
+    assert job.figures is not None
+    drawn = 0
+    for position in context.plan.draw[world.rank::world.size]:
+        source = sources[position]
+        try:
+            array = np.load(source.output(job.out, "arrays"), allow_pickle=False)
+            write_figure(source, job.out, _figure(job.figures, array))
+            drawn += 1
+        except OutputError:
+            raise
+        except (OSError, ValueError) as exc:  # a damaged array: explain the image again
+            write_failure(source, job.out, f"cannot draw its figure: {one_line(exc)}")
+    return drawn
 
 
 def _missing(source: Source) -> dict[str, Any]:
@@ -292,8 +328,20 @@ def _summary(records: Sequence[dict[str, Any]], failed: Sequence[dict[str, Any]]
              f"over {attempted} images; peak memory per process {memory:.0f} MiB"
              + (f", per decoding worker {workers:.0f} MiB" if workers else "")
              + (f", GPU {gpu:.0f} MiB" if gpu else "")]
-    lines += [f"  failed: {r['path']}: {r['error']}" for r in failed[:5]]
-    if len(failed) > 5:
-        lines.append(f"  ... and {len(failed) - 5} more")
+    drawn = sum(s.get("drawn", 0) for s in stats)
+    if drawn:
+        lines.append(f"  drew {drawn} figure{'s' * (drawn > 1)} of finished images from "
+                     "their stored arrays")
+    lines += _listed("failed", [f"{r['path']}: {r['error']}" for r in failed])
+    lines += _listed("not converged", [
+        f"{r['path']} (relative error {r['relative_error']:.3g} after {r['samples']} samples)"
+        for r in records if r.get("converged") is False])
     lines.append(f"  index: {index}")
     return "\n".join(lines)
+
+
+def _listed(what: str, items: Sequence[str], most: int = 5) -> list[str]:
+    lines = [f"  {what}: {item}" for item in items[:most]]
+    if len(items) > most:
+        lines.append(f"  ... and {len(items) - most} more {what}")
+    return lines

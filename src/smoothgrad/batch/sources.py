@@ -31,7 +31,7 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".
                             ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"})
 """File name endings (any case) taken as images when searching a folder or a glob."""
 
-SUFFIXES = {"arrays": ".npy", "figures": ".png", "records": ".json"}
+SUFFIXES = {"arrays": ".npy", "stderr": ".npy", "figures": ".png", "records": ".json"}
 """The output trees of a run and the ending their files get."""
 
 

@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import shutil
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,14 +28,22 @@ import torch
 from torch import nn
 
 from smoothgrad.batch.sources import SUFFIXES, BatchError, Source, output_clashes
-from smoothgrad.files import csv_text, json_bytes, npy_bytes, sync_folder, write_atomically
+from smoothgrad.files import (
+    Data,
+    csv_text,
+    json_bytes,
+    npy_bytes,
+    sync_folder,
+    write_all,
+    write_atomically,
+)
 
 __all__ = ["INDEX", "INDEX_COLUMNS", "LOCK", "MANIFEST", "Lock", "Plan", "Settings",
            "groups_for", "model_fingerprint", "plan", "read_record", "write_failure",
-           "write_index", "write_outputs"]
+           "write_figure", "write_index", "write_outputs"]
 
 INDEX_COLUMNS = ("path", "array", "status", "target", "label", "probability", "samples",
-                 "flip_rate", "error")
+                 "flip_rate", "relative_error", "converged", "error")
 MANIFEST, INDEX, LOCK = "run.json", "index.csv", ".smoothgrad.lock"
 FORMAT = 1
 _TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
@@ -54,6 +63,16 @@ class Lock:
         self.path = out / LOCK
         self.file: Any = None
 
+    def _open(self) -> None:
+        """Open the lock file; forked children (the decoding workers) close their copy at
+        once, so a killed run's lock goes with its main process, not with its orphans."""
+        self.file = open(self.path, "a")  # noqa: SIM115  (held until the process ends)
+        _HELD.add(self)
+        global _FORK_HOOK
+        if not _FORK_HOOK and hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_close_in_child)
+            _FORK_HOOK = True
+
     def take(self, *, exclusive: bool) -> bool:
         """Lock (exclusive: without waiting); False when another process holds it."""
         try:
@@ -61,7 +80,7 @@ class Lock:
         except ImportError:  # Windows
             return True
         if self.file is None:
-            self.file = open(self.path, "a")  # noqa: SIM115  (held until the process ends)
+            self._open()
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
         except BlockingIOError:
@@ -74,6 +93,21 @@ class Lock:
         if self.file is not None:
             self.file.close()
             self.file = None
+        _HELD.discard(self)
+
+
+_HELD: weakref.WeakSet[Lock] = weakref.WeakSet()
+_FORK_HOOK = False
+
+
+def _close_in_child() -> None:
+    """In a forked child: close the inherited lock files (this releases nothing: the parent
+    still holds its lock; without it the lock lives as long as the child)."""
+    for lock in list(_HELD):
+        if lock.file is not None:
+            with contextlib.suppress(OSError):
+                lock.file.close()
+            lock.file = None
 
 
 # ----------------------------------------------------------------------------- manifest
@@ -91,16 +125,20 @@ def model_fingerprint(model: nn.Module) -> str:
 
 @dataclass
 class Settings:
-    """What a batch run computes; `options` must match on resume, `numerics` only warn."""
+    """What a batch run computes: `options` must match on resume, `numerics` only warn,
+    `figures` (the figures' style, or None) may change: figures are drawn from the arrays."""
 
     options: dict[str, Any]
     numerics: dict[str, Any]
     rows: int
     group: int
     target: int | None
+    figures: dict[str, Any] | None = None
 
-    def manifest(self) -> dict[str, Any]:
-        return {"format": FORMAT, "options": self.options, "numerics": self.numerics}
+    def manifest(self, figures: dict[str, Any] | None = None) -> dict[str, Any]:
+        """run.json's content; `figures` is the style the figures in DIR have."""
+        return {"format": FORMAT, "options": self.options, "numerics": self.numerics,
+                "figures": figures}
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -123,11 +161,12 @@ def _read_manifest(out: Path) -> dict[str, Any] | None:
     return manifest
 
 
-def _discard(out: Path) -> None:
-    """Move this command's outputs into a trash folder (one rename each), then delete it."""
+def _discard(out: Path, trees: Sequence[str] = (*SUFFIXES, INDEX)) -> None:
+    """Move outputs (by default all of them) into a trash folder (one rename each), then
+    delete it."""
     trash = out / f"{_TRASH}{secrets.token_hex(4)}"
     trash.mkdir()
-    for name in (*SUFFIXES, INDEX):
+    for name in trees:
         if (out / name).exists():
             os.replace(out / name, trash / name)
     sync_folder(out)
@@ -158,34 +197,37 @@ def _clean(out: Path) -> int:
 
 @dataclass
 class Plan:
-    """Rank 0's decisions, sent to every rank."""
+    """Rank 0's decisions, sent to every rank: the inputs, the images to explain (`todo`),
+    the finished images whose figure is to be drawn from their array (`draw`)."""
 
     sources: list[Source] = field(default_factory=list)
     todo: list[int] = field(default_factory=list)
+    draw: list[int] = field(default_factory=list)
     errors: dict[int, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
 
 
 def plan(out: Path, conf: Settings, sources: list[Source], overwrite: bool,
-            lock: Lock) -> Plan:
+         lock: Lock) -> Plan:
     """Lock DIR, check or write run.json, clean up after killed runs, find the unfinished
-    images; DIR stays locked (shared) for the run."""
-    manifest = conf.manifest()
-    warnings: list[str] = []
+    images and the figures to draw; DIR stays locked (shared) for the run."""
     out.mkdir(parents=True, exist_ok=True)
     if not lock.take(exclusive=True):
         raise BatchError(f"--out '{out}' is in use by another smoothgrad batch run (or the "
                          "ranks of a killed torchrun, which outlive it): stop it first")
     try:
-        made = _plan(out, conf, sources, overwrite, manifest, warnings)
+        warnings: list[str] = []
+        redraw = _check_manifest(out, conf, overwrite, warnings)
+        _clean(out)
+        return _find_work(out, conf, sources, redraw, warnings)
     finally:
         lock.take(exclusive=False)
-    return made
 
 
-def _plan(out: Path, conf: Settings, sources: list[Source], overwrite: bool,
-             manifest: dict[str, Any], warnings: list[str]) -> Plan:
+def _check_manifest(out: Path, conf: Settings, overwrite: bool, warnings: list[str]) -> bool:
+    """Check run.json against `conf` (or start a run); True when every figure is to be
+    drawn again (a new style)."""
     old = _read_manifest(out)
     if old is None:
         leftovers = [name for name in (*SUFFIXES, INDEX) if (out / name).exists()]
@@ -194,32 +236,48 @@ def _plan(out: Path, conf: Settings, sources: list[Source], overwrite: bool,
                              "use another --out, or --overwrite to replace them")
         if leftovers:
             _discard(out)
-        write_atomically(out / MANIFEST, json_bytes(manifest))
-    elif old["options"] != conf.options:
-        changes = _differences(old["options"], conf.options)
+        write_atomically(out / MANIFEST, json_bytes(conf.manifest(conf.figures)))
+        return False
+    options = {k: v for k, v in old["options"].items() if k != "figures"}  # format 1 had it
+    if options != conf.options:
+        changes = _differences(options, conf.options)
         if not overwrite:
             raise BatchError(f"--out '{out}' holds a run with other options "
                              f"({'; '.join(changes)}); rerun with its options to resume, "
                              "or add --overwrite to discard it")
         _discard(out)  # records go before the new manifest: no old record is ever trusted
-        write_atomically(out / MANIFEST, json_bytes(manifest))
+        write_atomically(out / MANIFEST, json_bytes(conf.manifest(conf.figures)))
         warnings.append(f"--overwrite: discarded the earlier run in '{out}' "
                         f"({'; '.join(changes)})")
-    else:
-        changes = _differences(old.get("numerics", {}), conf.numerics)
-        if changes:
-            warnings.append(f"resuming with other numerics ({'; '.join(changes)}): the images "
-                            "explained now may differ from the earlier ones in the last bits")
-    _clean(out)
+        return False
+    changes = _differences(old.get("numerics", {}), conf.numerics)
+    if changes:
+        warnings.append(f"resuming with other numerics ({'; '.join(changes)}): the images "
+                        "explained now may differ from the earlier ones in the last bits")
+    drawn = old.get("figures", old["options"].get("figures"))
+    if conf.figures is None or conf.figures == drawn:
+        return False
+    if drawn is not None:  # figures of another style go first, then the manifest says so
+        _discard(out, ["figures"])
+        warnings.append(f"drawing the figures again from the arrays "
+                        f"({'; '.join(_differences(drawn, conf.figures))})")
+    write_atomically(out / MANIFEST, json_bytes(conf.manifest(conf.figures)))
+    return True
+
+
+def _find_work(out: Path, conf: Settings, sources: list[Source], redraw: bool,
+               warnings: list[str]) -> Plan:
     clashes = output_clashes(sources)
-    figures = conf.options["figures"] is not None
-    todo = []
+    todo, draw = [], []
     for i, source in enumerate(sources):
-        record = None if source.key in clashes else read_record(source, out, figures)
+        record = None if source.key in clashes else read_record(source, out)
         if record is None or record.get("status") != "ok":
             todo.append(i)  # unfinished, or failed: failed images are retried
+        elif conf.figures is not None and (
+                redraw or not source.output(out, "figures").is_file()):
+            draw.append(i)
     errors = {i: clashes[sources[i].key] for i in todo if sources[i].key in clashes}
-    return Plan(sources, todo, errors, warnings)
+    return Plan(sources, todo, draw, errors, warnings)
 
 
 def groups_for(todo: Sequence[int], count: int, size: int, rank: int,
@@ -239,19 +297,16 @@ def groups_for(todo: Sequence[int], count: int, size: int, rank: int,
 # ------------------------------------------------------------------------------- records
 
 
-def read_record(source: Source, out: Path, figures: bool) -> dict[str, Any] | None:
-    """The finished record of `source`, or None when it must be (re)done."""
+def read_record(source: Source, out: Path) -> dict[str, Any] | None:
+    """The record of `source` (None when there is none): "ok" only with its array."""
     try:
         record = json.loads(source.output(out, "records").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(record, dict) or record.get("path") != source.path:
         return None  # another input once had this key (another INPUT, same DIR)
-    if record.get("status") == "ok":
-        if not source.output(out, "arrays").is_file():
-            return None
-        if figures and not source.output(out, "figures").is_file():
-            return None
+    if record.get("status") == "ok" and not source.output(out, "arrays").is_file():
+        return None
     return record
 
 
@@ -262,14 +317,21 @@ def write_index(out: Path, records: Sequence[dict[str, Any]]) -> Path:
 
 
 
-def write_outputs(source: Source, out: Path, array: Any, figure: bytes | None,
+def write_outputs(source: Source, out: Path, arrays: dict[str, Any], figure: bytes | None,
                   record: dict[str, Any]) -> dict[str, Any]:
-    """Write an explained image's array (and figure), then its record: the finished mark."""
-    write_atomically(source.output(out, "arrays"), npy_bytes(array))
+    """Write an explained image's arrays (tree -> array) and figure, all or none, then its
+    record: the finished mark."""
+    files: dict[Path, Data] = {source.output(out, tree): npy_bytes(array)
+                               for tree, array in arrays.items()}
     if figure is not None:
-        write_atomically(source.output(out, "figures"), figure)
+        files[source.output(out, "figures")] = figure
+    write_all(files)
     write_atomically(source.output(out, "records"), json_bytes(record))
     return record
+
+
+def write_figure(source: Source, out: Path, figure: bytes) -> None:
+    write_atomically(source.output(out, "figures"), figure)
 
 
 def write_failure(source: Source, out: Path, error: str) -> dict[str, Any]:
@@ -277,7 +339,7 @@ def write_failure(source: Source, out: Path, error: str) -> dict[str, Any]:
     on the next run anyway)."""
     record = {"path": source.path, "key": source.key, "status": "failed", "array": None,
               "target": None, "label": None, "probability": None, "samples": None,
-              "flip_rate": None, "error": error}
+              "flip_rate": None, "relative_error": None, "converged": None, "error": error}
     with contextlib.suppress(OSError):
         write_atomically(source.output(out, "records"), json_bytes(record))
     return record
