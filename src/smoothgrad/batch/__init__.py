@@ -12,11 +12,14 @@ list's folder; blank lines and lines starting with "#" are skipped), a glob
 Output layout, for an input whose key is ``a/b.jpg``::
 
     DIR/run.json              the options that determine the outputs (checked on rerun)
+                              and the style of the figures in DIR
     DIR/arrays/a/b.jpg.npy    the attribution, (C, H, W) float32 (or --dtype float16)
-    DIR/figures/a/b.jpg.png   with --figures: the map as a colour image
+    DIR/stderr/a/b.jpg.npy    its standard error (per element), same shape and type
+    DIR/figures/a/b.jpg.png   with --figures: the map as a colour image, drawn from the array
     DIR/records/a/b.jpg.json  written last: marks the image finished (or failed)
     DIR/index.csv             one row per input, sorted by key: path, array, status,
-                              target, label, probability, samples, flip_rate, error
+                              target, label, probability, samples, flip_rate,
+                              relative_error, converged (with --samples auto), error
 
 The key is the path relative to INPUT for a folder, and the absolute path without its
 leading "/" for lists, globs and single images (``../x.jpg`` run from ``/home/me`` is
@@ -25,14 +28,17 @@ an output and no output lies outside DIR; the one remaining clash (a folder name
 another input's output, ``x.npy/`` beside ``x``) is detected and recorded as a failure.
 
 Resume. Every file is written to a temporary sibling, fsynced and renamed, and an image's
-record is written after its array and figure, so a kill at any moment leaves each image
+record is written after its arrays and figure, so a kill at any moment leaves each image
 either finished (record present) or not. A rerun skips finished images, retries failed
 ones, removes leftover temporary files and rewrites the index; ``run.json`` must match
-the new options that change what the outputs mean (model and a hash of its weights,
-method, samples, noise, aggregate, seed, antithetic, target, dtype, figure settings), or
-the run is refused (exit 2) unless ``--overwrite``, which discards DIR's outputs and starts
-over. Settings that only change the float rounding (device, threads, batch size, images
-per batch, torch version) give a warning instead.
+the new options that change what the arrays mean (model and a hash of its weights,
+method, samples, noise, aggregate, seed, antithetic, target, dtype), or the run is refused
+(exit 2) unless ``--overwrite``, which discards DIR's outputs and starts over. Settings
+that only change the float rounding (device, threads, batch size, images per batch, torch
+version) give a warning instead. Figures are not options: ``--figures`` on a finished run
+draws the missing figures from the stored arrays without explaining anything again, and
+another figure style draws them all again. A full disk stops the run (exit 2, naming the
+file); rerun to resume once there is room.
 
 Exactness. Noise of sample k depends only on (seed, k, shape), but measured on this
 project's CPU the *same* image gives different last bits when the pass it is in has a

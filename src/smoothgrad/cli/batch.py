@@ -38,9 +38,10 @@ EPILOG = """examples:
       -m smoothgrad batch photos/ --out /shared/maps/ --device cuda
 
 outputs: DIR/arrays/KEY.npy (KEY: the path inside a folder INPUT, else the absolute path without
-  its leading /), DIR/figures/KEY.png with --figures, DIR/index.csv, DIR/run.json (options checked
-  on rerun), DIR/records/KEY.json (finished marks). --batch-size auto is the device's fixed default
-  here (8 rows on CPU, 64 on CUDA), not the timing-based tuning, so reruns are exact.
+  its leading /), DIR/stderr/KEY.npy (standard errors), DIR/figures/KEY.png with --figures (add
+  it to a finished run to draw them from the arrays), DIR/index.csv, DIR/run.json (options
+  checked on rerun), DIR/records/KEY.json (finished marks). --batch-size auto is the device's
+  fixed default here (8 rows on CPU, 64 on CUDA), not the timing-based tuning, so reruns are exact.
 
 exit code: 0 all explained, 1 some images failed (listed in DIR/index.csv), 2 bad usage
 """
