@@ -7,13 +7,14 @@ is the baseline here, with the same σ (absolute, 0.15 of the embeddings' range)
 target and n: at its default (all n copies in one batch) and at each `nt_samples_batch_size`
 of 5/10/25. Ours: `sg.smooth(model, ids, layer=embeddings, forward_kwargs=...)`.
 
-Each configuration runs in its own fresh process (peak memory is the process's maximum
-resident size minus what it held before the call), once to warm up and then `--rounds`
-times; the median time is reported. All configurations run in this one invocation, one
-after the other, so compare ratios, not seconds against other runs.
+Times: all configurations in one process, one warm-up each, then `--rounds` rounds in which
+each runs once in turn (A B C … A B C …); the median time and the median of the per-round
+ratios are reported. Peak memory: each configuration once more in its own fresh process (the
+process's maximum resident size minus what it held before the call), and ours at n and 2n to
+show that memory does not grow with n. Compare ratios, not seconds against other runs.
 
     python benchmarks/text.py                       # BERT-base size: 12 layers, hidden 768
-    python benchmarks/text.py --layers 4 --rounds 1 # a quicker variant
+    python benchmarks/text.py --layers 2 --rounds 3 # what fits a loaded 2-core machine
 """
 
 from __future__ import annotations
@@ -89,31 +90,46 @@ def _explainer(args: argparse.Namespace, which: str, size: int | None) -> Any:
     return captum
 
 
-def _child(args: argparse.Namespace, which: str, size: int | None,
+def _child(args: argparse.Namespace, which: str, size: int | None, samples: int,
            queue: multiprocessing.Queue[dict[str, Any]]) -> None:
+    """Peak memory of one configuration, alone in a fresh process."""
     torch.set_num_threads(args.threads)
+    args.samples = 2
     run = _explainer(args, which, size)
+    run()  # first-call allocations and lazy imports, at a small n
+    args.samples = samples
     before = _resident_mib()
-    times = []
-    for _ in range(1 + args.rounds):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
+    run()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put({"which": which, "size": size, "seconds": times[1:], "warmup": times[0],
-               "peak_extra_mib": peak - before})
+    queue.put({"peak_extra_mib": peak - before})
 
 
-def measure(args: argparse.Namespace, which: str, size: int | None) -> dict[str, Any]:
+def peak_memory(args: argparse.Namespace, which: str, size: int | None,
+                samples: int) -> float:
     context = multiprocessing.get_context("spawn")
     queue: multiprocessing.Queue[dict[str, Any]] = context.Queue()
-    process = context.Process(target=_child, args=(args, which, size, queue))
+    process = context.Process(target=_child, args=(args, which, size, samples, queue))
     process.start()
     row = queue.get()
     process.join()
-    row["median"] = statistics.median(row["seconds"])
-    print(json.dumps(row), flush=True)
-    return row
+    return float(row["peak_extra_mib"])
+
+
+def timings(args: argparse.Namespace, configs: list[tuple[str, int | None]]) -> list[list[float]]:
+    """Seconds per round of each configuration: one warm-up, then rounds in which each runs
+    once in turn (A B C ... A B C ...), so that other work on the machine slows all alike."""
+    torch.set_num_threads(args.threads)
+    runs = [_explainer(args, which, size) for which, size in configs]
+    for run in runs:
+        run()
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(args.rounds):
+        for run, row in zip(runs, times, strict=True):
+            started = time.perf_counter()
+            run()
+            row.append(time.perf_counter() - started)
+        print("# round:", " ".join(f"{row[-1]:.2f}" for row in times), flush=True)
+    return times
 
 
 def main() -> None:
@@ -124,7 +140,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--ours", type=int, nargs="*", default=[0],
+    parser.add_argument("--ours", type=int, nargs="*", default=[0, 8],
                         help="our batch sizes (0: auto)")
     parser.add_argument("--json", default=None, help="write the rows here")
     args = parser.parse_args()
@@ -132,18 +148,30 @@ def main() -> None:
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} uptime: {load}")
     print(f"# BERT random config: {args.layers} layers, hidden {args.hidden}, "
           f"{args.tokens} tokens, n={args.samples}, {args.threads} threads")
-    rows = [measure(args, "captum", size) for size in CAPTUM_SIZES]
-    rows += [measure(args, "ours", size or None) for size in args.ours]
-    default = rows[0]["median"]
-    best = min(row["median"] for row in rows[1:len(CAPTUM_SIZES)])
+    configs = [("captum", size) for size in CAPTUM_SIZES]
+    configs += [("ours", size or None) for size in args.ours]
+    times = timings(args, configs)
+    rows = []
+    for (which, size), seconds in zip(configs, times, strict=True):
+        rows.append({"which": which, "size": size, "seconds": seconds,
+                     "median": statistics.median(seconds),
+                     "peak_extra_mib": peak_memory(args, which, size, args.samples)})
+        print(json.dumps(rows[-1]), flush=True)
+    flat = {n: peak_memory(args, "ours", 8, n) for n in (args.samples, 2 * args.samples)}
+    print(f"# ours, batch_size=8: peak extra MiB at n={args.samples}: "
+          f"{flat[args.samples]:.0f}, at n={2 * args.samples}: {flat[2 * args.samples]:.0f}")
+    captum = range(len(CAPTUM_SIZES))
+    best = min(captum, key=lambda i: rows[i]["median"])
     print("\n| implementation | median s | peak extra MiB | Captum default / this |"
           " Captum best / this |\n|---|---|---|---|---|")
-    for row in rows:
+    for row, seconds in zip(rows, times, strict=True):
         name = (f"Captum NoiseTunnel(Saliency), nt_samples_batch_size={row['size']}"
                 if row["which"] == "captum" else
                 f"ours, batch_size={row['size'] or 'auto'}")
+        ratios = [statistics.median(a / b for a, b in zip(times[i], seconds, strict=True))
+                  for i in (0, best)]
         print(f"| {name} | {row['median']:.2f} | {row['peak_extra_mib']:.0f} | "
-              f"{default / row['median']:.2f} | {best / row['median']:.2f} |")
+              f"{ratios[0]:.2f} | {ratios[1]:.2f} |")
     after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"# uptime after: {after}")
     if args.json:

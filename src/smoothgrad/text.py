@@ -22,7 +22,7 @@ import torch
 from smoothgrad.engine import smooth
 from smoothgrad.hf import TextModel
 from smoothgrad.result import SmoothResult
-from smoothgrad.tokens import Normalize, TokenScores, token_scores
+from smoothgrad.tokens import Normalize, TokenScores, html_page, token_scores
 
 __all__ = ["TextMaps", "default_reduce", "explain_text"]
 
@@ -42,7 +42,11 @@ class TextMaps:
     texts: list[TokenScores]
 
     def _repr_html_(self) -> str:
-        return "".join(text._repr_html_() for text in self.texts)
+        return "\n".join(text._repr_html_() for text in self.texts)
+
+    def to_html(self, heading: str = "smoothgrad token scores") -> str:
+        """A standalone HTML page with every text."""
+        return html_page(heading, self._repr_html_())
 
 
 def explain_text(

@@ -35,7 +35,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["REDUCTIONS", "Normalize", "Reduction", "TokenScores", "token_scores"]
+__all__ = ["REDUCTIONS", "Normalize", "Reduction", "TokenScores", "html_page", "token_scores"]
 
 Reduction = Literal["sum", "norm", "dot"]
 Normalize = Literal["l1", "l2"] | None
@@ -76,6 +76,13 @@ def token_scores(
         size = scores.abs().sum(dim=1) if normalize == "l1" else scores.norm(dim=1)
         scores = scores / torch.where(size > 0, size, 1.0).unsqueeze(1)
     return scores
+
+
+def html_page(heading: str, body: str) -> str:
+    """A standalone UTF-8 HTML page: `heading` (escaped) above `body` (HTML)."""
+    title = html.escape(heading)
+    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title>'
+            f"</head>\n<body>\n<h3>{title}</h3>\n{body}\n</body></html>\n")
 
 
 @dataclass
@@ -141,9 +148,7 @@ class TokenScores:
 
     def to_html(self, heading: str = "smoothgrad token scores") -> str:
         """A standalone HTML page."""
-        return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>'
-                f"{html.escape(heading)}</title></head>\n<body>\n<h3>{html.escape(heading)}"
-                f"</h3>\n{self._repr_html_()}\n</body></html>\n")
+        return html_page(heading, self._repr_html_())
 
     def figure(self, width: float = 8.0) -> Figure:
         """A matplotlib figure: tokens as coloured boxes, wrapped, with a colour bar."""
