@@ -36,7 +36,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     model = train_planted(hf.load(f"hf:{tiny_bert(args.out, seed=1)}"))
-    model.model.save_pretrained(args.out)
+    model.module.save_pretrained(args.out)
     print(f"trained in {time.perf_counter() - started:.1f} s, saved to {args.out}")
     texts, labels, where = sentences(args.sentences, torch.Generator().manual_seed(99))
     for reduce in ("norm", "sum"):

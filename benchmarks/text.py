@@ -10,7 +10,8 @@ of 5/10/25. Ours: `sg.smooth(model, ids, layer=embeddings, forward_kwargs=...)`.
 Times: all configurations in one process, one warm-up each, then `--rounds` rounds in which
 each runs once in turn (A B C … A B C …); the median time and the median of the per-round
 ratios are reported. Peak memory: each configuration once more in its own fresh process (the
-process's maximum resident size minus what it held before the call), and ours at n and 2n to
+process's peak resident size, VmHWM, reset after a warm-up call at n = 2, minus what it
+held before the call), and ours at n and 2n to
 show that memory does not grow with n. Compare ratios, not seconds against other runs.
 
     python benchmarks/text.py                       # BERT-base size: 12 layers, hidden 768
@@ -22,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
-import resource
 import statistics
 import subprocess
 import time
@@ -34,10 +33,19 @@ import torch
 CAPTUM_SIZES = (None, 5, 10, 25)
 
 
-def _resident_mib() -> float:
-    with open("/proc/self/statm") as statm:
-        pages = int(statm.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _status_mib(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (VmRSS, VmHWM), in MiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _reset_peak() -> None:
+    """Make VmHWM (the peak resident size) start again from the current size."""
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
 
 
 def _model(args: argparse.Namespace) -> Any:
@@ -63,11 +71,15 @@ def _explainer(args: argparse.Namespace, which: str, size: int | None) -> Any:
     sigma = 0.15 * float(clean.max() - clean.min())
     if which == "ours":
         import smoothgrad as sg
+        from smoothgrad.tuning import tuner_for
 
         def ours() -> torch.Tensor:
             result = sg.smooth(model, ids, layer=embeddings, forward_kwargs={
                 "attention_mask": mask}, samples=args.samples, stdev=sigma, target=target,
                 batch_size="auto" if size is None else size)
+            if size is None:
+                print(f"# auto batch size now: {tuner_for(model, 'gradient', clean, False).rows}",
+                      flush=True)
             assert isinstance(result.attribution, torch.Tensor)
             return result.attribution
         return ours
@@ -98,10 +110,10 @@ def _child(args: argparse.Namespace, which: str, size: int | None, samples: int,
     run = _explainer(args, which, size)
     run()  # first-call allocations and lazy imports, at a small n
     args.samples = samples
-    before = _resident_mib()
+    _reset_peak()
+    before = _status_mib("VmRSS")
     run()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put({"peak_extra_mib": peak - before})
+    queue.put({"peak_extra_mib": _status_mib("VmHWM") - before})
 
 
 def peak_memory(args: argparse.Namespace, which: str, size: int | None,
@@ -140,7 +152,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--ours", type=int, nargs="*", default=[0, 8],
+    parser.add_argument("--ours", type=int, nargs="*", default=[0, 8, 25, 50],
                         help="our batch sizes (0: auto)")
     parser.add_argument("--json", default=None, help="write the rows here")
     args = parser.parse_args()

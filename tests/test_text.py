@@ -29,9 +29,7 @@ def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def bert(bert_dir: Path) -> Iterator[nn.Module]:
-    from smoothgrad import hf
-
-    yield hf.load(f"hf:{bert_dir}")
+    yield sg.models.load(f"hf:{bert_dir}")
 
 
 def _ids(texts: list[str], model: nn.Module, length: int | None = None) -> tuple[Tensor, Tensor]:
@@ -43,8 +41,11 @@ def _ids(texts: list[str], model: nn.Module, length: int | None = None) -> tuple
 # ---- loading -----------------------------------------------------------------------------
 
 def test_hf_load_offline_labels_embeddings(bert: nn.Module, bert_dir: Path) -> None:
+    assert isinstance(bert, sg.models.LoadedModel) and not bert.training
     assert bert.labels == ["negative", "positive"]
-    assert bert.embeddings is bert.model.get_input_embeddings()
+    with pytest.raises(ValueError, match="text model"):
+        bert.preprocess(None)
+    assert bert.embeddings is bert.module.get_input_embeddings()
     assert bert.name == f"hf:{bert_dir}"
     encoded = bert.encode(["w1 w2 w3", "w4"])
     assert encoded.input_ids.shape == (2, 5) and encoded.attention_mask[1].tolist() == [
@@ -52,7 +53,7 @@ def test_hf_load_offline_labels_embeddings(bert: nn.Module, bert_dir: Path) -> N
     assert bert.tokens(encoded.input_ids[1], encoded.attention_mask[1]) == [
         "[CLS]", "w4", "[SEP]"]
     assert bert(encoded.input_ids, **encoded.extra).shape == (2, 2)
-    top = bert.top_k(encoded, k=2)
+    top = bert.top_k(encoded.input_ids[:1], k=2)
     assert sorted(label for label, _ in top) == ["negative", "positive"]
     assert sum(p for _, p in top) == pytest.approx(1.0)
 
@@ -240,7 +241,7 @@ def test_smooth_at_a_layer_equals_a_hand_loop_over_inputs_embeds(bert: nn.Module
     total = torch.zeros_like(clean)
     for k in range(6):
         embeds = (clean + sigma[:, None, None] * noise[k]).requires_grad_(True)
-        logits = bert.model(inputs_embeds=embeds, attention_mask=mask).logits
+        logits = bert.module(inputs_embeds=embeds, attention_mask=mask).logits
         (grad,) = torch.autograd.grad(logits.gather(1, result.target[:, None]).sum(), embeds)
         total += grad * mask[..., None]
     torch.testing.assert_close(result.attribution, total / 6, rtol=1e-4, atol=1e-6)
@@ -251,7 +252,7 @@ def test_hf_model_output_is_read_by_its_logits(bert: nn.Module) -> None:
     ids, mask = _ids(["w1 w2 w3", "w4"], bert)
     options = {"forward_kwargs": {"attention_mask": mask}, "samples": 3}
     wrapped = sg.smooth(bert, ids, layer=bert.embeddings, **options)
-    raw = sg.smooth(bert.model, ids, layer=bert.embeddings, **options)  # a ModelOutput
+    raw = sg.smooth(bert.module, ids, layer=bert.embeddings, **options)  # a ModelOutput
     assert torch.equal(wrapped.attribution, raw.attribution)
 
 
@@ -320,3 +321,36 @@ def test_planted_trigger_ranks_first(planted: nn.Module, method: str) -> None:
     rate = hit_rate(shown.texts, where)
     print(f"planted trigger hit rate, {method}: {rate:.2f}")
     assert rate >= HIT_RATE[method]
+
+
+# ---- the command line --------------------------------------------------------------------
+
+def test_cli_explain_text(planted: nn.Module, tmp_path: Path,
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    from smoothgrad.cli import main
+
+    directory = tmp_path / "model"
+    planted.module.save_pretrained(directory)
+    planted.tokenizer.save_pretrained(directory)
+    out = tmp_path / "out"
+    code = main(["explain-text", "w12 w40 w1 w77", "w50 w0", "--model", f"hf:{directory}",
+                 "--samples", "4", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "1. positive" in printed and "<- explained" in printed
+    assert "w1(+" in printed and "\x1b[" not in printed  # plain text: not a terminal
+    assert {p.name for p in out.iterdir()} == {"explain-text.html", "text-1.png", "text-2.png"}
+    assert "w40" in (out / "explain-text.html").read_text()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--model", "efficientnet_lite0"], "--model: explain-text needs a Hugging Face directory"),
+    (["--model", "hf:/no/such/dir"], "is not a directory written by save_pretrained"),
+])
+def test_cli_explain_text_errors(argv: list[str], message: str,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from smoothgrad.cli import main
+
+    assert main(["explain-text", "w1", *argv]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1

@@ -1,10 +1,10 @@
 """Hugging Face text classifiers, loaded offline from a local `save_pretrained` directory.
 
 `transformers` is an optional dependency (`pip install smoothgrad[text]`), imported only here
-and only when a model is loaded. The loaded `TextModel` is an `nn.Module` whose forward
-returns the logits tensor, and carries what explaining text needs: the tokenizer, the
-labels (from `config.id2label`) and the input embedding layer (`get_input_embeddings()`),
-where the noise goes.
+and only when a model is loaded; `smoothgrad.models.load("hf:DIR")` comes here. The loaded
+`TextModel` is a `LoadedModel` whose call returns the logits tensor, and carries what
+explaining text needs: the tokenizer, the labels (from `config.id2label`) and the input
+embedding layer (`get_input_embeddings()`), where the noise goes.
 
 Example (a directory written by `model.save_pretrained(d)` and `tokenizer.save_pretrained(d)`):
 
@@ -17,13 +17,16 @@ Example (a directory written by `model.save_pretrained(d)` and `tokenizer.save_p
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from smoothgrad.models import LoadedModel, ModelError, resolve_device
+from smoothgrad.outputs import pick
 
 __all__ = ["PREFIX", "Encoded", "TextModel", "is_hf", "load"]
 
@@ -50,30 +53,34 @@ class Encoded:
         return self.input_ids if key == "input_ids" else self.extra[key]
 
 
-class TextModel(nn.Module):
-    """A sequence classifier and its tokenizer; `forward(input_ids, ...)` returns logits."""
+class TextModel(LoadedModel):
+    """A sequence classifier and its tokenizer, as a `LoadedModel` (`.module` is the
+    Hugging Face model); calling it returns the logits tensor."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, name: str) -> None:
-        super().__init__()
-        self.model = model
-        self.training = model.training  # the wrapper has no layers of its own
+    def __init__(self, module: nn.Module, tokenizer: Any, name: str,
+                 device: str | torch.device = "cpu") -> None:
+        config = getattr(module, "config", None)
+        id2label = dict(getattr(config, "id2label", None) or {})
+        classes = int(getattr(config, "num_labels", len(id2label)))
+        labels = [str(id2label.get(i, id2label.get(str(i), i))) for i in range(classes)]
+        super().__init__(module, _no_images, labels, name, device=device)
         self.tokenizer = tokenizer
-        self.name = name
-        id2label = getattr(getattr(model, "config", None), "id2label", None) or {}
-        classes = int(getattr(model.config, "num_labels", len(id2label)))
-        self.labels = [str(id2label.get(i, id2label.get(str(i), i))) for i in range(classes)]
 
     @property
     def embeddings(self) -> nn.Module:
         """The input embedding layer (`get_input_embeddings()`): where the noise is added."""
-        layer: nn.Module = self.model.get_input_embeddings()  # type: ignore[operator]
+        layer: nn.Module = self.module.get_input_embeddings()  # type: ignore[operator]
         return layer
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                **kwargs: Any) -> Tensor:
-        output = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        logits: Tensor = output["logits"] if isinstance(output, Mapping) else output[0]
-        return logits
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """`module(input_ids, attention_mask=..., ...)`'s logits (see `smoothgrad.outputs`)."""
+        return pick(self.module(*args, **kwargs))
+
+    def preprocess(self, image: Any) -> Tensor:
+        raise ModelError(f"{self.name} is a text model: tokenize with encode(texts)")
+
+    def crop(self, image: Any) -> Any:
+        raise ModelError(f"{self.name} is a text model: it has no picture to crop")
 
     def encode(self, texts: str | Sequence[str], max_length: int | None = None) -> Encoded:
         """Tokenize `texts` (padded to the longest, truncated to `max_length`)."""
@@ -81,8 +88,7 @@ class TextModel(nn.Module):
             texts = [texts]
         batch = self.tokenizer(list(texts), padding=True, truncation=max_length is not None,
                                max_length=max_length, return_tensors="pt")
-        device = next(self.model.parameters()).device
-        tensors = {key: value.to(device) for key, value in batch.items()}
+        tensors = {key: value.to(self.device) for key, value in batch.items()}
         ids = tensors.pop("input_ids")
         return Encoded(ids, tensors)
 
@@ -92,25 +98,21 @@ class TextModel(nn.Module):
         tokens: list[str] = self.tokenizer.convert_ids_to_tokens(keep.tolist())
         return tokens
 
-    def top_k(self, encoded: Encoded, k: int = 5) -> list[tuple[str, float]]:
-        """The k most probable labels of the first text, with their softmax probabilities."""
-        with torch.no_grad():
-            probabilities = self(encoded.input_ids[:1], **{
-                key: value[:1] for key, value in encoded.extra.items()}).softmax(dim=1)[0]
-        values, indices = probabilities.topk(min(k, probabilities.shape[0]))
-        return [(self.labels[i], float(v))
-                for v, i in zip(values.tolist(), indices.tolist(), strict=True)]
+
+def _no_images(image: Any) -> Tensor:
+    raise ModelError("a text model takes text: tokenize with encode(texts)")
 
 
-def load(name: str | os.PathLike[str]) -> TextModel:
+def load(name: str | os.PathLike[str], device: str | torch.device | None = None) -> TextModel:
     """Load `hf:DIR` (or DIR): a local sequence-classification model and its tokenizer.
 
-    Nothing is downloaded (`local_files_only=True`). The model is returned in eval mode.
+    Nothing is downloaded (`local_files_only=True`). The model is returned in eval mode on
+    `device` (None: the CPU; "auto": see `smoothgrad.models.resolve_device`).
     """
     text = os.fspath(name)
     path = Path(text[len(PREFIX):] if is_hf(text) else text).expanduser()
     if not path.is_dir() or not (path / "config.json").is_file():
-        raise ValueError(f"model: {text!r} is not a directory written by save_pretrained "
+        raise ModelError(f"model: {text!r} is not a directory written by save_pretrained "
                          "(it needs config.json)")
     try:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -119,4 +121,5 @@ def load(name: str | os.PathLike[str]) -> TextModel:
                           "pip install 'smoothgrad[text]'") from None
     model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    return TextModel(model.eval(), tokenizer, f"{PREFIX}{path}")
+    target = resolve_device(device)
+    return TextModel(model.eval().to(target), tokenizer, f"{PREFIX}{path}", device=target)

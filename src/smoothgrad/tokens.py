@@ -17,7 +17,7 @@ Example:
     >>> token_scores(a, "sum")
     tensor([[-2.,  1.]])
     >>> TokenScores(["good", "film"], [0.9, -0.2]).to_text()
-    'good(+0.900) film(-0.200)'
+    'good(+0.9) film(-0.2)'
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class TokenScores:
 
     def to_text(self) -> str:
         """Plain text: each token with its score."""
-        return " ".join(f"{token}({value:+.3f})"
+        return " ".join(f"{token}({value:+.3g})"
                         for token, value in zip(self.tokens, self.values, strict=True))
 
     def to_ansi(self) -> str:

@@ -21,7 +21,7 @@ __all__ = ["COMMANDS", "EXAMPLES", "Parser", "UsageError", "build_parser", "subc
 
 DESCRIPTION = "The `smoothgrad` command: explain images, reproduce the tutorial, measure maps."
 
-COMMANDS = ("explain", "demo", "batch", "sweep", "evaluate")
+COMMANDS = ("explain", "explain_text", "demo", "batch", "sweep", "evaluate")
 """The subcommands in the order `smoothgrad --help` lists them; each is smoothgrad.cli.NAME."""
 
 EXAMPLES = """examples:
