@@ -401,8 +401,9 @@ def _check_inputs(x: object) -> tuple[Tensor, ...]:
 
 
 def _check_ids(inputs: Sequence[Tensor], layer: nn.Module) -> None:
-    if any(isinstance(m, nn.Embedding) for m in layer.modules()) and \
-            inputs[0].dtype.is_floating_point:
+    """An embedding layer needs integer ids: refuse a call whose inputs are all floating."""
+    if any(isinstance(m, nn.Embedding) for m in layer.modules()) and all(
+            t.dtype.is_floating_point for t in inputs):
         raise TypeError(f"x: token ids must be an integer tensor, got {inputs[0].dtype}; "
                         "the embedding layer's output is what gets noised")
 
