@@ -5,7 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: test demo lint bench clean
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: test demo lint bench clean browser docs
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,8 +20,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check
 	$(BIN)/mypy
 
-test: lint
+# The browser tests drive Debian's chromium (Playwright's own browser download is not used).
+browser:
+	test -x $(CHROMIUM) || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+test: lint browser
 	$(BIN)/pytest
+
+# Re-run the tutorial notebook and the page screenshot, and write them into docs/.
+docs: $(STAMP) browser
+	SMOOTHGRAD_UPDATE_DOCS=1 $(BIN)/pytest -q tests/test_notebook.py tests/test_web.py
 
 demo: $(STAMP)
 	$(BIN)/smoothgrad demo --out smoothgrad-demo

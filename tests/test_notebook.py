@@ -42,7 +42,7 @@ def test_tutorial_notebook_runs(kernel_path: Path) -> None:
     assert "tiger cat" in text.splitlines()[0]
     pictures = [output["data"]["text/html"] for output in outputs
                 if "text/html" in output.get("data", {})]
-    assert len(pictures) == 7 and all("base64," in picture for picture in pictures)
+    assert len(pictures) == 8 and all("base64," in picture for picture in pictures)
     assert "relative error" in pictures[2] and "flip rate" in pictures[2]
     if os.environ.get("SMOOTHGRAD_UPDATE_DOCS"):
         for cell in notebook.cells:

@@ -6,10 +6,15 @@ driven by Playwright's Python API. The server runs in a thread on a free loopbac
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -32,13 +37,14 @@ CHROMIUM = os.environ.get("SMOOTHGRAD_CHROMIUM") or shutil.which("chromium") or 
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 CHELSEA = images.sample_path("chelsea")
+DOCS = Path(__file__).resolve().parents[1] / "docs"
 TIMEOUT_MS = 120_000  # generous: the suite shares two cores with other work
 
 
 class Server:
     """The app on 127.0.0.1 and a free port, in a thread; `stop` ends it."""
 
-    def __init__(self, max_upload: int = 2 * 1024 * 1024) -> None:
+    def __init__(self, max_upload: int = 64 * 1024) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="smoothgrad-serve-test-"))
         self.app = create_app(models.load("efficientnet_lite0"), model_name="efficientnet_lite0",
                               workdir=self.workdir, max_upload=max_upload,
@@ -61,10 +67,12 @@ class Server:
         self.thread.join(30)
         shutil.rmtree(self.workdir)
 
-    def post(self, query: str, body: bytes = b"") -> tuple[int, Any]:
+    def post(self, query: str, body: bytes | Iterator[bytes] = b"") -> tuple[int, Any]:
         """POST /api/explain; (status, the JSON error) or (200, the list of events)."""
         request = urllib.request.Request(f"{self.url}/api/explain?{query}", data=body,
                                          method="POST")
+        if not isinstance(body, bytes):
+            request.add_header("Transfer-Encoding", "chunked")
         try:
             with urllib.request.urlopen(request, timeout=120) as response:
                 lines = response.read().decode().splitlines()
@@ -98,8 +106,10 @@ def open_page(browser: Browser, server: Server) -> Page:
     return page
 
 
-def start(page: Page, path: Path, samples: int, *, strip: bool = True) -> None:
+def start(page: Page, path: Path, samples: int, *, strip: bool = True,
+          method: str = "gradient") -> None:
     page.set_input_files("#file", str(path))
+    page.select_option("#method", method)
     page.fill("#samples-n", str(samples))
     page.set_checked("#strip", strip)
     page.click("#run")
@@ -108,14 +118,14 @@ def start(page: Page, path: Path, samples: int, *, strip: bool = True) -> None:
 def test_page_explains_an_uploaded_photo_live(browser: Browser, server: Server,
                                               tmp_path: Path) -> None:
     page = open_page(browser, server)
-    start(page, CHELSEA, 10)
+    start(page, CHELSEA, 10, method="guided_backprop")
     page.wait_for_selector("body[data-state='done']")
     assert page.locator("#error").is_hidden()
     top5 = page.locator("#top5 li").all_inner_texts()
     assert len(top5) == 5 and top5[0].startswith("tiger cat")
     assert "Egyptian cat" in " ".join(top5)
     # the smoothed map was redrawn while samples accumulated, not only at the end
-    assert int(page.get_attribute("#smoothed", "data-updates") or 0) >= 0  # TEMP
+    assert int(page.get_attribute("#smoothed", "data-updates") or 0) > 2
     for panel in ("#input", "#plain", "#smoothed", "#stderr"):
         assert (page.get_attribute(panel, "src") or "").startswith("data:image/png;base64,")
     assert page.locator("#strip-maps figure").count() == 5
@@ -127,8 +137,8 @@ def test_page_explains_an_uploaded_photo_live(browser: Browser, server: Server,
     with urllib.request.urlopen(server.url + link) as response:
         assert np.load(io.BytesIO(response.read())).shape == (3, 224, 224)
     page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
-    if os.environ.get("SMOOTHGRAD_SCREENSHOT"):  # for the README's picture
-        shutil.copy(tmp_path / "page.png", os.environ["SMOOTHGRAD_SCREENSHOT"])
+    if os.environ.get("SMOOTHGRAD_UPDATE_DOCS"):  # the README's picture
+        shutil.copy(tmp_path / "page.png", DOCS / "serve.png")
     page.close()
 
 
@@ -144,6 +154,8 @@ def test_bad_files_show_a_message(browser: Browser, server: Server, tmp_path: Pa
     start(page, truncated, 10)
     expect(page.locator("#error")).to_contain_text("half.jpg")
     assert page.get_attribute("body", "data-state") == "error"
+    page.set_input_files("#file", str(images.sample_path("coffee")))  # 71 kB: over 64 kB
+    expect(page.locator("#error")).to_have_text("'coffee.jpg' is 71 kB; the limit is 64 kB")
     page.close()
 
 
@@ -151,7 +163,10 @@ def test_a_second_page_waits_its_turn(browser: Browser, server: Server) -> None:
     first, second = open_page(browser, server), open_page(browser, server)
     start(first, CHELSEA, 20, strip=False)
     first.wait_for_selector("body[data-state='running']")
-    start(second, images.sample_path("coffee"), 10, strip=False)
+    second.click("#samples button[data-sample='coffee']")  # a bundled photo, no upload
+    second.fill("#samples-n", "10")
+    second.set_checked("#strip", False)
+    second.click("#run")
     expect(second.locator("#status")).to_contain_text("Waiting: 1 job ahead")
     first.wait_for_selector("body[data-state='done']")
     second.wait_for_selector("body[data-state='done']")
@@ -163,7 +178,7 @@ def test_a_second_page_waits_its_turn(browser: Browser, server: Server) -> None:
 def test_closing_the_page_stops_its_job(browser: Browser, server: Server) -> None:
     page = open_page(browser, server)
     start(page, CHELSEA, 500)
-    page.wait_for_function("Number(document.getElementById('smoothed').dataset.updates) > 0")
+    page.wait_for_function("document.getElementById('progress').value > 0")
     page.close()
     scheduler = server.app.state.scheduler
     deadline = time.monotonic() + 30
@@ -173,8 +188,19 @@ def test_closing_the_page_stops_its_job(browser: Browser, server: Server) -> Non
 
 
 def test_api_refuses_bad_uploads_with_one_line(server: Server, tmp_path: Path) -> None:
-    status, message = server.post("filename=big.png", b"\0" * (3 * 1024 * 1024))
-    assert status == 413 and "limit is 2 MB" in message
+    # the size limit (64 kB here), declared up front or found while reading the body
+    connection = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=60)
+    connection.putrequest("POST", "/api/explain?filename=big.png")
+    connection.putheader("Content-Length", str(10 * 2**30))
+    connection.endheaders()  # nothing sent: the answer comes from the header alone
+    response = connection.getresponse()
+    assert response.status == 413
+    assert json.loads(response.read())["error"] == (
+        "'big.png' is 10.0 GB or more; the limit is 64 kB")
+    connection.close()
+    chunks = iter([b"\0" * 50_000, b"\0" * 50_000])  # no Content-Length: chunked
+    status, message = server.post("filename=big.png", chunks)
+    assert status == 413 and message == "'big.png' is 98 kB or more; the limit is 64 kB"
     bomb = io.BytesIO()
     Image.new("1", (10_001, 10_001)).save(bomb, format="PNG")  # 1e8 pixels in ~12 kB
     status, message = server.post("filename=bomb.png", bomb.getvalue())
@@ -202,3 +228,35 @@ def test_api_streams_events_in_order(server: Server) -> None:
     with urllib.request.urlopen(f"{server.url}/api/results/{events[-1]['id']}/smoothed.png") as r:
         assert r.headers["Content-Type"] == "image/png"
         assert Image.open(io.BytesIO(r.read())).size == (224, 224)
+
+
+def test_serve_leaves_nothing_behind(tmp_path: Path) -> None:
+    """The real command: it binds to loopback, and its temporary folder goes on Ctrl-C."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    process = subprocess.Popen(
+        [sys.executable, "-c", f"from smoothgrad.web import serve; serve(port={port})"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        assert f"http://127.0.0.1:{port}/" in banner
+        url = f"http://127.0.0.1:{port}/api/info"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    assert json.loads(response.read())["model"] == "efficientnet_lite0"
+                    break
+            except urllib.error.URLError:
+                assert time.monotonic() < deadline, "the server did not answer"
+                time.sleep(0.1)
+        assert [p.name.startswith("smoothgrad-serve-") for p in tmp_path.iterdir()] == [True]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == 0
+    finally:
+        process.kill()
+        process.wait()
+    assert list(tmp_path.iterdir()) == []

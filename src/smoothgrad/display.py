@@ -22,11 +22,11 @@ Example:
 from __future__ import annotations
 
 import base64
-import html
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,10 +41,11 @@ from smoothgrad import viz
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from smoothgrad.engine import SmoothResult
+    from smoothgrad.result import SmoothResult
 
 __all__ = [
-    "Panels", "caption", "figure", "input_picture", "map_picture", "method_title", "row", "show",
+    "Panels", "caption", "figure", "html", "input_picture", "map_picture", "method_title", "row",
+    "show",
 ]
 
 _TITLES = {
@@ -104,7 +105,7 @@ def map_picture(attribution: Tensor | npt.ArrayLike, *, colormap: str | None = N
                         activation=activation)
 
 
-def caption(result: SmoothResult, index: int = 0,
+def caption(result: SmoothResult[Any], index: int = 0,
             labels: Sequence[str] | None = None, x: Tensor | None = None) -> str:
     """One line about example ``index``: class, n, σ, relative error and flip rate.
 
@@ -154,11 +155,11 @@ class Panels:
                 out.append(
                     f'<figure style="margin:0;text-align:center">'
                     f'<img src="data:image/{kind};base64,{data}"{width} '
-                    f'style="image-rendering:pixelated" alt="{html.escape(title)}">'
-                    f'<figcaption>{html.escape(title)}</figcaption></figure>')
+                    f'style="image-rendering:pixelated" alt="{escape(title)}">'
+                    f'<figcaption>{escape(title)}</figcaption></figure>')
             out.append("</div>")
             if r < len(self.captions) and self.captions[r]:
-                out.append(f'<p style="margin:2px 0 10px">{html.escape(self.captions[r])}</p>')
+                out.append(f'<p style="margin:2px 0 10px">{escape(self.captions[r])}</p>')
         out.append("</div>")
         return "".join(out)
 
@@ -213,19 +214,21 @@ def figure(fig: Figure) -> Panels:
 
 
 def show(
-    result: SmoothResult,
+    result: SmoothResult[Any],
     model: nn.Module | None = None,
     x: Tensor | None = None,
     *,
     examples: int = 8,
     labels: Sequence[str] | None = None,
+    method: str | Callable[..., Tensor] | None = None,
     **style: Any,
 ) -> Panels:
     """Input | plain map | smoothed map | standard error for each example of ``result``.
 
     - model: when given, the plain map is the base method on the clean input (one pass,
       same method and target as the result, no noise) and labels default to its
-      ``labels``; without it the plain map is left out.
+      ``labels``; without it the plain map is left out. ``method`` gives the base method
+      for that pass when the result's was a callable (its name is all a result keeps).
     - x: the explained input; by default the one the result keeps (``result.inputs``).
       Without either, the input panel is left out too.
     - examples: at most this many rows (the first examples of the batch).
@@ -233,20 +236,20 @@ def show(
 
     Only image batches ``(N, 1|3, H, W)`` can be drawn; others raise ValueError.
     """
-    x = x if x is not None else getattr(result, "inputs", None)
+    x = x if x is not None else result.inputs
+    x = x if isinstance(x, Tensor) else None  # a tuple input: no input panel
     attribution = result.attribution
-    if attribution.ndim != 4 or attribution.shape[1] not in (1, 3):
-        raise ValueError(f"only images (N, 1|3, H, W) can be drawn, got a result shaped "
-                         f"{tuple(attribution.shape)}")
+    if not _is_image(attribution):
+        shape = tuple(attribution.shape) if isinstance(attribution, Tensor) else "a tuple"
+        raise ValueError(f"only images (N, 1|3, H, W) can be drawn, got a result shaped {shape}")
     count = min(examples, attribution.shape[0])
-    method = str(getattr(result, "method", "gradient"))
     plain = None
     if model is not None:
         if x is None:
             raise ValueError("the plain map needs the input: pass x, or a result with inputs")
-        plain = _plain_map(model, x[:count], result, method)
+        plain = _plain_map(model, x[:count], result, method or result.method)
         labels = labels if labels is not None else getattr(model, "labels", None)
-    title = method_title(method)
+    title = method_title(result.method)
     titles = (["Input"] if x is not None else []) + ([title] if plain is not None else []) + [
         f"{_SMOOTHED.get(result.aggregate, result.aggregate)} + {title}", "Standard error"]
     rows = []
@@ -261,8 +264,32 @@ def show(
     return Panels(rows, titles, [caption(result, i, labels, x) for i in range(count)])
 
 
-def _plain_map(model: nn.Module, x: Tensor, result: SmoothResult, method: str) -> Tensor:
+def html(result: SmoothResult[Any]) -> str | None:
+    """What a result shows as a notebook cell's value: input | smoothed map | standard error.
+
+    None (the plain text repr) for results that are not images, or have no finite map.
+    """
+    attribution = result.attribution
+    if not _is_image(attribution) or not bool(attribution.isfinite().all()):
+        return None
+    inputs = result.inputs
+    if not (isinstance(inputs, Tensor) and inputs.shape == attribution.shape):
+        inputs = None
+    return show(result, x=inputs)._repr_html_()
+
+
+def _is_image(value: Any) -> bool:
+    return isinstance(value, Tensor) and value.ndim == 4 and value.shape[1] in (1, 3)
+
+
+def _plain_map(model: nn.Module, x: Tensor, result: SmoothResult[Any],
+               method: str | Callable[..., Tensor]) -> Tensor:
     from smoothgrad.engine import smooth
+    from smoothgrad.methods import BY_NAME
+
+    if isinstance(method, str) and method not in BY_NAME:
+        raise ValueError(f"the result's method {method!r} is not a built-in one: pass the "
+                         f"callable as show(..., method=...) to draw its plain map")
 
     target = None if result.target is None else result.target[:x.shape[0]]
     return smooth(model, x, method=method, target=target, samples=1, noise=0.0).attribution

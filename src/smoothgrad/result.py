@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Generic
+from typing import TYPE_CHECKING, Any, Generic
 
 import torch
 from torch import Tensor
@@ -22,6 +22,11 @@ from typing_extensions import TypeVar
 
 M = TypeVar("M", bound="Tensor | tuple[Tensor, ...]", default=Tensor)
 """A map: one tensor, or a tuple of them (one per floating input of a tuple x)."""
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from smoothgrad.display import Panels
 
 __all__ = ["SmoothResult", "relative_error"]
 
@@ -70,6 +75,21 @@ class SmoothResult(Generic[M]):
     def relative_error(self) -> Tensor:
         """‖stderr‖ / ‖map‖ per example, (N,): how converged each map is (bias-corrected)."""
         return relative_error(_flat(self.stderr), _flat(self.attribution))
+
+    def show(self, model: nn.Module | None = None, **options: Any) -> Panels:
+        """Input | plain map (needs `model`) | smoothed map | standard error, for notebooks.
+
+        See `smoothgrad.display.show` for the options. As a cell's value a result draws
+        itself the same way, without the plain map.
+        """
+        from smoothgrad import display
+
+        return display.show(self, model, **options)
+
+    def _repr_html_(self) -> str | None:
+        from smoothgrad import display
+
+        return display.html(self)
 
 
 def _flat(value: Tensor | tuple[Tensor, ...]) -> Tensor:

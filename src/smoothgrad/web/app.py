@@ -187,4 +187,11 @@ def _decode(data: bytes, name: str, workdir: Path) -> Image.Image:
 
 
 def _too_large(name: str, size: int, limit: int) -> str:
-    return (f"'{name}' is {size / 2**20:.1f} MB or more; the limit is {limit / 2**20:.0f} MB")
+    return f"'{name}' is {_size(size)} or more; the limit is {_size(limit)}"
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("GB", 2**30), ("MB", 2**20)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count / 2**10:.0f} kB"

@@ -29,7 +29,8 @@ from PIL import Image
 from torch import Tensor, nn
 
 from smoothgrad import display, methods
-from smoothgrad.engine import SmoothResult, smooth
+from smoothgrad.engine import smooth
+from smoothgrad.result import SmoothResult
 
 __all__ = ["METHODS", "STRIP_NOISE", "Job", "Results", "Scheduler", "Settings", "explain"]
 
@@ -50,8 +51,8 @@ METHODS = {
     "integrated_gradients": f"Integrated Gradients ({IG_STEPS} steps)",
     "deeplift": "DeepLIFT",
 }
-_UPDATE_SECONDS = 0.2
-"""The smoothed map is re-drawn after a pass at most this often (numbers go every pass)."""
+MAP_UPDATES = 20
+"""The smoothed map is sent about this many times per job (the numbers after every pass)."""
 
 
 class Stopped(Exception):
@@ -177,38 +178,24 @@ def explain(model: nn.Module, job: Job) -> dict[str, bytes]:
 def _smoothed(model: nn.Module, x: Tensor, target: int, job: Job) -> SmoothResult:
     """The SmoothGrad map, with a `progress` event (and map) after every pass."""
     settings = job.settings
-    last_drawn = 0.0
+    every = math.ceil(settings.samples / MAP_UPDATES)
+    next_map = every
 
     def report(partial: SmoothResult) -> None:
-        nonlocal last_drawn
+        nonlocal next_map
         if job.stop.is_set():
             raise Stopped
         event: Event = {
             "type": "progress", "done": partial.samples, "total": settings.samples,
             "relative_error": _number(float(partial.relative_error()[0])),
             "flip_rate": None if partial.flip_rate is None else float(partial.flip_rate[0])}
-        now = time.perf_counter()
-        if now - last_drawn >= _UPDATE_SECONDS or partial.samples == settings.samples:
+        if partial.samples >= next_map or partial.samples == settings.samples:
             event["image"] = data_url(display.map_picture(partial.attribution[0]))
-            last_drawn = now
+            next_map = partial.samples + every
         job.emit(event)
 
     # about ten passes, so the page sees the map settle (the library's default is larger)
     rows = max(1, min(8, settings.samples // 10))
-    import inspect  # TEMPORARY until core lands smooth(callback=)
-    if "callback" not in inspect.signature(smooth).parameters:
-        done = 0
-        def counted(count: int) -> None:
-            nonlocal done
-            done += count
-            if job.stop.is_set():
-                raise Stopped
-            job.emit({"type": "progress", "done": done, "total": settings.samples,
-                      "relative_error": None, "flip_rate": None})
-        result = smooth(model, x, method=settings.base, target=target, samples=settings.samples,
-                      noise=settings.noise, batch_size=rows, seed=settings.seed, progress=counted)
-        report(result)
-        return result
     return smooth(model, x, method=settings.base, target=target, samples=settings.samples,
                   noise=settings.noise, batch_size=rows, seed=settings.seed, callback=report)
 

@@ -62,12 +62,17 @@ async function start() {
   document.body.dataset.ready = "1";
 }
 
+function size(bytes) {
+  if (bytes >= 2 ** 20) return `${(bytes / 2 ** 20).toFixed(1)} MB`;
+  return `${Math.round(bytes / 1024)} kB`;
+}
+
 function pickFile(file) {
   if (file.size > info.max_upload) {
-    showError(`'${file.name}' is ${(file.size / 2 ** 20).toFixed(1)} MB; the limit is ${info.max_upload / 2 ** 20} MB`);
+    showError(`'${file.name}' is ${size(file.size)}; the limit is ${size(info.max_upload)}`);
     return;
   }
-  choose({file}, `${file.name} (${Math.ceil(file.size / 1024)} kB)`);
+  choose({file}, `${file.name} (${size(file.size)})`);
 }
 
 function reset() {
