@@ -55,3 +55,12 @@ def test_the_core_does_no_file_io_or_pictures() -> None:
     for banned in ("PIL", "argparse", "smoothgrad.batch", "smoothgrad.viz", "smoothgrad.models"):
         offenders = {m for m in importers(banned) if m.startswith(core)}
         assert offenders == set(), (banned, offenders)
+
+
+def test_the_web_extra_stays_in_its_package() -> None:
+    """Starlette and uvicorn are an optional extra: only smoothgrad.web imports them, and only
+    the `serve` command imports smoothgrad.web (lazily, with a message when it is missing)."""
+    for framework in ("starlette", "uvicorn"):
+        assert {m for m in importers(framework) if not m.startswith("smoothgrad.web")} == set()
+    outside = {m for m in importers("smoothgrad.web") if not m.startswith("smoothgrad.web")}
+    assert outside == {"smoothgrad.cli.serve"}, outside

@@ -7,6 +7,7 @@ executed notebook is written back to docs/, which is how its committed outputs a
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import sys
@@ -48,3 +49,23 @@ def test_tutorial_notebook_runs(kernel_path: Path) -> None:
         for cell in notebook.cells:
             cell.metadata.pop("execution", None)
         nbformat.write(notebook, NOTEBOOK)
+        shown = next(cell for cell in notebook.cells if "result.show(model)" in cell.source)
+        output = shown.outputs[0]["data"]["text/html"]
+        picture(shown.source, output, NOTEBOOK.parent / "notebook.png")
+
+
+def picture(source: str, output: str, path: Path) -> None:
+    """A screenshot of one cell and its output as a notebook shows them (for the README)."""
+    from playwright.sync_api import sync_playwright
+
+    from test_web import CHROMIUM, FLAGS  # tests/ is on the path (pytest's rootdir mode)
+
+    page_html = (f"<body style='font-family:sans-serif;margin:12px;width:max-content'>"
+                 f"<pre style='background:#f5f5f5;padding:8px;margin:0 0 8px'>{html.escape(source)}"
+                 f"</pre>{output}</body>")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        page = browser.new_page(viewport={"width": 980, "height": 300})
+        page.set_content(page_html)
+        page.locator("body").screenshot(path=str(path))
+        browser.close()

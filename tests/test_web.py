@@ -31,6 +31,7 @@ from PIL import Image
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from smoothgrad import images, models
+from smoothgrad.cli import main
 from smoothgrad.web import create_app
 
 CHROMIUM = os.environ.get("SMOOTHGRAD_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -230,6 +231,13 @@ def test_api_streams_events_in_order(server: Server) -> None:
         assert Image.open(io.BytesIO(r.read())).size == (224, 224)
 
 
+def test_serve_without_the_web_extra_says_how_to_get_it(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "smoothgrad.web", None)  # as if starlette were missing
+    assert main(["serve", "--port", "8123"]) == 2
+    assert "pip install 'smoothgrad[web]'" in capsys.readouterr().err
+
+
 def test_serve_leaves_nothing_behind(tmp_path: Path) -> None:
     """The real command: it binds to loopback, and its temporary folder goes on Ctrl-C."""
     with socket.socket() as probe:
@@ -237,7 +245,7 @@ def test_serve_leaves_nothing_behind(tmp_path: Path) -> None:
         port = probe.getsockname()[1]
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     process = subprocess.Popen(
-        [sys.executable, "-c", f"from smoothgrad.web import serve; serve(port={port})"],
+        [sys.executable, "-m", "smoothgrad", "serve", "--port", str(port)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert process.stdout is not None

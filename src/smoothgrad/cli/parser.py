@@ -21,7 +21,7 @@ __all__ = ["COMMANDS", "EXAMPLES", "Parser", "UsageError", "build_parser", "subc
 
 DESCRIPTION = "The `smoothgrad` command: explain images, reproduce the tutorial, measure maps."
 
-COMMANDS = ("explain", "explain_text", "demo", "batch", "sweep", "evaluate")
+COMMANDS = ("explain", "explain_text", "demo", "batch", "sweep", "evaluate", "serve")
 """The subcommands in the order `smoothgrad --help` lists them; each is smoothgrad.cli.NAME."""
 
 EXAMPLES = """examples:
@@ -33,6 +33,7 @@ EXAMPLES = """examples:
   smoothgrad explain x.png --model mypkg.nets:build   # any nn.Module factory
   smoothgrad sweep cat.jpg --method guided_backprop   # maps over σ and n, convergence, table
   smoothgrad evaluate a.jpg b.jpg --json scores.json  # every metric, with and without SmoothGrad
+  smoothgrad serve                                 # a local page: drop an image, move σ and n
 """
 
 

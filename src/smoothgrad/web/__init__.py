@@ -19,8 +19,8 @@ _LOOPBACK = ["127.0.0.1", "localhost", "::1", "[::1]"]
 
 
 def serve(model: str = models.DEFAULT_MODEL, *, host: str = "127.0.0.1", port: int = 8000,
-          weights: str | None = None, device: str | None = None,
-          max_upload: int = MAX_UPLOAD) -> None:
+          weights: str | Path | None = None, device: str | None = None,
+          max_upload: int = MAX_UPLOAD, quiet: bool = False) -> None:
     """Serve the page for `model` (a `smoothgrad.models.load` name) until interrupted.
 
     Binds to `host` (loopback by default: the page is for you, not your network). Uploads
@@ -34,6 +34,8 @@ def serve(model: str = models.DEFAULT_MODEL, *, host: str = "127.0.0.1", port: i
         app = create_app(loaded, model_name=model, workdir=Path(workdir),
                          max_upload=max_upload, allowed_hosts=allowed)
         shown = f"[{host}]" if ":" in host else host
-        print(f"smoothgrad serve: http://{shown}:{port}/ ({model}; Ctrl-C stops it)", flush=True)
+        if not quiet:
+            print(f"smoothgrad serve: http://{shown}:{port}/ ({model}; Ctrl-C stops it)",
+                  flush=True)
         uvicorn.run(app, host=host, port=port, log_level="warning",
                     timeout_graceful_shutdown=2)

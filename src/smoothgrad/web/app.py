@@ -26,9 +26,9 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from torch import nn
 
 from smoothgrad import images
+from smoothgrad.models import LoadedModel
 from smoothgrad.web.jobs import MAX_SAMPLES, METHODS, Job, Results, Scheduler, Settings
 
 __all__ = ["MAX_UPLOAD", "create_app"]
@@ -48,9 +48,9 @@ class BadRequest(Exception):
         self.status = status
 
 
-def create_app(model: nn.Module, *, model_name: str, workdir: Path,
+def create_app(model: LoadedModel, *, model_name: str, workdir: Path,
                max_upload: int = MAX_UPLOAD, allowed_hosts: list[str] | None = None) -> Starlette:
-    """The page for `model` (a `smoothgrad.models.load` model: ``preprocess``, ``labels``).
+    """The page for `model` (from `smoothgrad.models.load`).
 
     Uploads are written to `workdir` only while they are decoded. `allowed_hosts` guards
     against DNS rebinding (None allows any ``Host`` header).

@@ -30,6 +30,8 @@ from torch import Tensor, nn
 
 from smoothgrad import display, methods
 from smoothgrad.engine import smooth
+from smoothgrad.files import one_line
+from smoothgrad.models import LoadedModel
 from smoothgrad.result import SmoothResult
 
 __all__ = ["METHODS", "STRIP_NOISE", "Job", "Results", "Scheduler", "Settings", "explain"]
@@ -139,43 +141,31 @@ def _number(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def top_k(model: nn.Module, x: Tensor, k: int = 5) -> list[Event]:
-    """The k most probable classes of one example, with names when the model has labels."""
-    labels = getattr(model, "labels", None) or []
-    with torch.no_grad():
-        probabilities = model(x).softmax(dim=1)[0]
-    values, indices = probabilities.topk(min(k, probabilities.shape[0]))
-    return [{"index": i, "label": labels[i] if i < len(labels) else f"class {i}",
-             "probability": round(p, 4)} for p, i in zip(values.tolist(), indices.tolist(),
-                                                         strict=True)]
-
-
-def explain(model: nn.Module, job: Job) -> dict[str, bytes]:
+def explain(model: LoadedModel, job: Job) -> dict[str, bytes]:
     """Run one job on `model`, reporting through `job.emit`; return the files to download.
 
     Raises `Stopped` once `job.stop` is set (checked after every pass).
     """
     settings, emit = job.settings, job.emit
-    x = model.preprocess(job.image)  # type: ignore[operator]
-    emit({"type": "input", "image": data_url(display.input_picture(x))})
-    classes = top_k(model, x)
-    emit({"type": "top5", "classes": classes})
-    target = classes[0]["index"]
-    plain = smooth(model, x, method=settings.base, target=target, samples=1,
-                   noise=0.0).attribution
+    x = model.preprocess(job.image)
+    emit({"type": "input", "image": data_url(np.asarray(model.crop(job.image)))})
+    emit({"type": "top5", "classes": [{"label": label, "probability": round(p, 4)}
+                                      for label, p in model.top_k(x)]})
+    # every map explains the clean prediction (smooth's default target), the top-1 above
+    plain = smooth(model, x, method=settings.base, samples=1, noise=0.0).attribution
     emit({"type": "plain", "image": data_url(display.map_picture(plain[0]))})
-    result = _smoothed(model, x, target, job)
+    result = _smoothed(model, x, job)
     smoothed = display.map_picture(result.attribution[0])
     stderr = display.map_picture(result.stderr[0], colormap="magma")
     emit({"type": "stderr", "image": data_url(stderr)})
     if settings.strip:
-        _strip(model, x, target, job)
+        _strip(model, x, job)
     return {"smoothed.png": png(smoothed), "plain.png": png(display.map_picture(plain[0])),
             "stderr.png": png(stderr), "smoothed.npy": npy(result.attribution[0]),
             "plain.npy": npy(plain[0]), "stderr.npy": npy(result.stderr[0])}
 
 
-def _smoothed(model: nn.Module, x: Tensor, target: int, job: Job) -> SmoothResult:
+def _smoothed(model: nn.Module, x: Tensor, job: Job) -> SmoothResult:
     """The SmoothGrad map, with a `progress` event (and map) after every pass."""
     settings = job.settings
     every = math.ceil(settings.samples / MAP_UPDATES)
@@ -196,17 +186,17 @@ def _smoothed(model: nn.Module, x: Tensor, target: int, job: Job) -> SmoothResul
 
     # about ten passes, so the page sees the map settle (the library's default is larger)
     rows = max(1, min(8, settings.samples // 10))
-    return smooth(model, x, method=settings.base, target=target, samples=settings.samples,
+    return smooth(model, x, method=settings.base, samples=settings.samples,
                   noise=settings.noise, batch_size=rows, seed=settings.seed, callback=report)
 
 
-def _strip(model: nn.Module, x: Tensor, target: int, job: Job) -> None:
+def _strip(model: nn.Module, x: Tensor, job: Job) -> None:
     samples = min(job.settings.samples, STRIP_SAMPLES)
     for noise in STRIP_NOISE:
         if job.stop.is_set():
             raise Stopped
-        result = smooth(model, x, method=job.settings.base, target=target, samples=samples,
-                        noise=noise, seed=job.settings.seed)
+        result = smooth(model, x, method=job.settings.base, samples=samples, noise=noise,
+                        seed=job.settings.seed)
         job.emit({"type": "strip", "noise": noise, "samples": result.samples,
                   "relative_error": _number(float(result.relative_error()[0])),
                   "image": data_url(display.map_picture(result.attribution[0]))})
@@ -219,8 +209,8 @@ class Scheduler:
     changes; `cancel` drops a waiting job or stops the running one after its current pass.
     """
 
-    def __init__(self, model: nn.Module, results: Results,
-                 run: Callable[[nn.Module, Job], dict[str, bytes]] = explain) -> None:
+    def __init__(self, model: LoadedModel, results: Results,
+                 run: Callable[[LoadedModel, Job], dict[str, bytes]] = explain) -> None:
         self.model, self.results, self._run = model, results, run
         self._waiting: list[Job] = []
         self.running: Job | None = None
@@ -278,13 +268,9 @@ class Scheduler:
             except Stopped:
                 job.emit({"type": "stopped"})
             except Exception as exc:  # the page shows it; the server goes on
-                job.emit({"type": "error", "message": _one_line(exc)})
+                job.emit({"type": "error", "message": one_line(exc)})
             finally:
                 with self._changed:
                     self.running = None
                     self._announce()
 
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
