@@ -49,9 +49,10 @@ def test_tutorial_notebook_runs(kernel_path: Path) -> None:
         for cell in notebook.cells:
             cell.metadata.pop("execution", None)
         nbformat.write(notebook, NOTEBOOK)
-        shown = next(cell for cell in notebook.cells if "result.show(model)" in cell.source)
+        shown = next(cell for cell in notebook.cells
+                     if cell.cell_type == "code" and "result.show(model)" in cell.source)
         output = shown.outputs[0]["data"]["text/html"]
-        picture(shown.source, output, NOTEBOOK.parent / "notebook.png")
+        picture(shown.source, output, NOTEBOOK.parent / "notebook.jpg")
 
 
 def picture(source: str, output: str, path: Path) -> None:
@@ -67,5 +68,5 @@ def picture(source: str, output: str, path: Path) -> None:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
         page = browser.new_page(viewport={"width": 980, "height": 300})
         page.set_content(page_html)
-        page.locator("body").screenshot(path=str(path))
+        page.locator("body").screenshot(path=str(path), quality=85)
         browser.close()

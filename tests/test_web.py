@@ -100,7 +100,7 @@ def browser() -> Iterator[Browser]:
 
 
 def open_page(browser: Browser, server: Server) -> Page:
-    page = browser.new_page(viewport={"width": 1200, "height": 1000})
+    page = browser.new_page(viewport={"width": 1200, "height": 780})
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(server.url)
     page.wait_for_selector("body[data-ready='1']")
@@ -137,9 +137,9 @@ def test_page_explains_an_uploaded_photo_live(browser: Browser, server: Server,
     assert link
     with urllib.request.urlopen(server.url + link) as response:
         assert np.load(io.BytesIO(response.read())).shape == (3, 224, 224)
-    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+    page.screenshot(path=str(tmp_path / "page.jpg"), full_page=True, quality=80)
     if os.environ.get("SMOOTHGRAD_UPDATE_DOCS"):  # the README's picture
-        shutil.copy(tmp_path / "page.png", DOCS / "serve.png")
+        shutil.copy(tmp_path / "page.jpg", DOCS / "serve.jpg")
     page.close()
 
 

@@ -140,10 +140,13 @@ class Panels:
     rows: list[list[npt.NDArray[np.uint8]]]
     titles: list[str]
     captions: list[str] = field(default_factory=list)
-    quality: int = 85
+    quality: int = 65
     """JPEG quality of the pictures embedded in notebooks (keeps notebooks light)."""
     lossless: bool = False
     """Embed PNG instead (plots with thin lines)."""
+
+    def __repr__(self) -> str:
+        return f"Panels({len(self.rows)} row(s): {' | '.join(self.titles)})"
 
     def _repr_html_(self) -> str:
         out = ['<div class="smoothgrad-panels">']
