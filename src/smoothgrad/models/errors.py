@@ -1,0 +1,9 @@
+"""The error :mod:`smoothgrad.models` raises: one line meant for the user."""
+
+from __future__ import annotations
+
+__all__ = ["ModelError"]
+
+
+class ModelError(ValueError):
+    """A model cannot be built or loaded; the message is one line meant for the user."""
