@@ -1,0 +1,517 @@
+"""Mean-field SmoothGrad: noisy forward passes only, then one backward with expected gates.
+
+For a network whose nonlinearities are elementwise (ReLU, ReLU6, LeakyReLU, ...), the
+gradient at x + ε is the chain of linear maps with each activation's local derivative taken
+at the noisy pre-activation. SmoothGrad averages that chain over ε. The mean-field estimate
+replaces every local derivative by its expectation and backpropagates once:
+
+1. K noisy forward passes without autograd keep, for every activation unit, running sums
+   of its pre-activation (memory independent of K);
+2. each unit's expected gate: under a Gaussian fit N(μ, s²) of its pre-activation (ReLU:
+   Φ(μ/s); ReLU6: Φ((6 − μ)/s) − Φ(−μ/s); LeakyReLU(a): a + (1 − a)Φ(μ/s); GELU exactly,
+   SiLU and softplus through the probit approximation σ(t) ≈ Φ(t/1.702)), or the empirical
+   mean of the local derivative over the K copies (`gates="empirical"`);
+3. one backward pass through the clean forward graph with those gates.
+
+It is biased: gates of successive layers are correlated and the product of expectations is
+not the expectation of the product. EVALUATION.md measures the bias and the compute saved;
+`validate=M` measures it on your model against M ordinary Monte-Carlo samples.
+
+Example:
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
+    ...                             torch.nn.Linear(8, 3)).eval()
+    >>> result = mean_field(model, torch.randn(2, 4), samples=64, seed=0)
+    >>> result.attribution.shape, result.samples
+    (torch.Size([2, 4]), 64)
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from smoothgrad import targets
+from smoothgrad.guard import explaining
+from smoothgrad.noise import noise_scale, standard_normal
+
+__all__ = ["GATED", "MeanFieldResult", "Validation", "mean_field"]
+
+_LAMBDA = 1 / 1.702  # sigmoid(t) ≈ Φ(t / 1.702), error below 0.01
+_FLOAT = int | float
+
+GATED = frozenset({
+    "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "clamp", "clamp_", "clip", "clip_",
+    "clamp_min", "clamp_min_", "clamp_max", "clamp_max_", "leaky_relu", "leaky_relu_",
+    "threshold", "threshold_", "prelu", "gelu", "silu", "softplus",
+})
+"""Functions (by name, module or functional, in-place or not) whose derivative is gated."""
+
+_REFUSED = frozenset({
+    "elu", "elu_", "selu", "selu_", "celu", "celu_", "mish", "hardswish", "hardsigmoid",
+    "sigmoid", "sigmoid_", "tanh", "tanh_", "logsigmoid", "softsign", "rrelu", "rrelu_",
+    "glu", "tanhshrink", "softshrink", "hardshrink",
+})
+_CLEAN = frozenset({
+    "max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
+    "adaptive_max_pool3d", "fractional_max_pool2d", "fractional_max_pool3d", "softmax",
+    "log_softmax", "softmin", "layer_norm", "group_norm", "instance_norm", "rms_norm",
+    "scaled_dot_product_attention", "multi_head_attention_forward",
+})
+_PARAMS = {  # name without a trailing "_" -> (parameter names after the input, defaults)
+    "relu": ((), ()), "relu6": ((), ()), "hardtanh": (("min_val", "max_val"), (-1.0, 1.0)),
+    "clamp": (("min", "max"), (None, None)), "clip": (("min", "max"), (None, None)),
+    "clamp_min": (("min",), (None,)), "clamp_max": (("max",), (None,)),
+    "leaky_relu": (("negative_slope",), (0.01,)), "threshold": (("threshold",), (None,)),
+    "prelu": (("weight",), (None,)), "gelu": (("approximate",), ("none",)), "silu": ((), ()),
+    "softplus": (("beta", "threshold"), (1.0, 20.0)),
+}
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """The local derivative of one activation call: a gate `slope + (1 − slope)·[lo < z < hi]`
+    for piecewise-linear ones, or a smooth kind ("gelu", "silu", "softplus" with `beta`)."""
+
+    kind: str
+    lo: float = -math.inf
+    hi: float = math.inf
+    slope: float | Tensor = 0.0
+    beta: float = 1.0
+
+    def derivative(self, z: Tensor) -> Tensor:
+        """f'(z) elementwise (0 at the kinks, as autograd has it)."""
+        if self.kind == "piecewise":
+            inside = ((z > self.lo) & (z < self.hi)).to(z.dtype)
+            return self.slope + (1 - self.slope) * inside
+        if self.kind == "gelu":
+            return _cdf(z) + z * _pdf(z)
+        sig = torch.sigmoid(self.beta * z)
+        return sig if self.kind == "softplus" else sig * (1 + z * (1 - sig))
+
+    def expected(self, mu: Tensor, s: Tensor) -> Tensor:
+        """E f'(z) for z ~ N(μ, s²); s = 0 gives f'(μ)."""
+        if self.kind == "piecewise":
+            safe = torch.where(s > 0, s, 1.0)
+            inside = _cdf((self.hi - mu) / safe) - _cdf((self.lo - mu) / safe)
+            inside = torch.where(s > 0, inside, ((mu > self.lo) & (mu < self.hi)).to(mu.dtype))
+            return self.slope + (1 - self.slope) * inside
+        if self.kind == "gelu":
+            return _expected_gelu_derivative(mu, s)
+        if self.kind == "silu":  # silu(z) ≈ z Φ(λz)
+            return _expected_gelu_derivative(_LAMBDA * mu, _LAMBDA * s)
+        scale = _LAMBDA * self.beta  # softplus' = sigmoid(βz) ≈ Φ(λβz)
+        return _cdf(scale * mu / (1 + (scale * s).square()).sqrt())
+
+
+def _cdf(t: Tensor) -> Tensor:
+    out: Tensor = torch.special.ndtr(t)
+    return out
+
+
+def _pdf(t: Tensor) -> Tensor:
+    return torch.exp(-0.5 * t.square()) / math.sqrt(2 * math.pi)
+
+
+def _expected_gelu_derivative(mu: Tensor, s: Tensor) -> Tensor:
+    """E[Φ(z) + zφ(z)] for z ~ N(μ, s²), in closed form."""
+    v = 1 + s.square()
+    t = mu / v.sqrt()
+    return _cdf(t) + mu / v * _pdf(t) / v.sqrt()
+
+
+def _bind(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    names, defaults = _PARAMS[name.rstrip("_")]
+    bound = dict(zip(names, defaults, strict=True))
+    bound.update(zip(names, args[1:], strict=False))
+    bound.update({k: v for k, v in kwargs.items() if k in bound})
+    inplace = name.endswith("_") or kwargs.get("inplace") is True or (
+        len(args) > len(names) + 1 and args[len(names) + 1] is True)
+    return bound, inplace
+
+
+def _rule(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -> _Rule:
+    """The rule for a call of the activation `name` (in `GATED`); refuses what it cannot gate."""
+    p, _ = _bind(name, args, kwargs)
+    base = name.rstrip("_")
+    if base == "relu":
+        return _Rule("piecewise", lo=0.0)
+    if base == "relu6":
+        return _Rule("piecewise", lo=0.0, hi=6.0)
+    if base in ("hardtanh", "clamp", "clip", "clamp_min", "clamp_max"):
+        lo, hi = p.get("min_val", p.get("min")), p.get("max_val", p.get("max"))
+        if not all(b is None or isinstance(b, _FLOAT) for b in (lo, hi)):
+            raise ValueError(f"mean_field: {name} at {where} has tensor bounds; only number "
+                             "bounds are supported")
+        return _Rule("piecewise", lo=-math.inf if lo is None else float(lo),
+                     hi=math.inf if hi is None else float(hi))
+    if base == "leaky_relu":
+        return _Rule("piecewise", lo=0.0, slope=float(p["negative_slope"]))
+    if base == "threshold":
+        return _Rule("piecewise", lo=float(p["threshold"]))
+    if base == "prelu":
+        weight = p["weight"].detach()
+        dims = args[0].dim()
+        shape = (1, -1, *([1] * (dims - 2))) if weight.numel() > 1 else (1,) * dims
+        return _Rule("piecewise", lo=0.0, slope=weight.float().reshape(shape))
+    if base == "softplus":
+        return _Rule("softplus", beta=float(p["beta"]))
+    return _Rule(base)  # gelu, silu
+
+
+@dataclass
+class _Site:
+    """One activation call of the forward pass, with the running sums of its pre-activation."""
+
+    name: str
+    where: str
+    rule: _Rule
+    shape: torch.Size  # (N, ...)
+    sums: Tensor | None = None  # (terms, groups, N, ...): Σz and Σz² (or Σ f'(z)) by group
+    gate: Tensor | None = None  # the gate the backward pass uses
+
+
+class _Mode(TorchFunctionMode):
+    """Sees every call of a `GATED` function on the input's path, one pass at a time.
+
+    phase "survey" (clean input, grad on): records the sites; "collect" (noisy copies, no
+    grad): adds to each site's sums; "gate" (clean input, grad on): replaces each site's
+    local derivative by its gate.
+    """
+
+    def __init__(self, rows: int, groups: int, empirical: bool, names: list[str]) -> None:
+        super().__init__()
+        self.rows, self.groups, self.empirical, self.names = rows, groups, empirical, names
+        self.sites: list[_Site] = []
+        self.calls: list[tuple[str, _Site | None]] = []  # every gated-function call, in order
+        self.phase = "survey"
+        self.call = 0
+        self.indices: range | None = None  # the noisy samples of the pass running now
+        self.clean_kept: set[str] = set()
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        first = args[0] if args else None
+        if self.phase == "survey" and isinstance(first, Tensor) and first.requires_grad:
+            where = self.names[-1] if self.names else "the model"
+            if name in _REFUSED:
+                raise ValueError(f"mean_field has no Gaussian rule for {name} (at {where}); "
+                                 f"supported: {', '.join(sorted(GATED))}")
+            if name in _CLEAN:
+                self.clean_kept.add(f"{name} (at {where})")
+            if name == "batch_norm" and (args[5:6] == (True,) or kwargs.get("training")):
+                self.clean_kept.add(f"batch_norm with batch statistics (at {where})")
+        if name not in GATED or not isinstance(first, Tensor):
+            return func(*args, **kwargs)
+        if self.phase == "survey":
+            return self._survey(func, name, args, kwargs)
+        known = self.calls[self.call] if self.call < len(self.calls) else None
+        self.call += 1
+        site = known[1] if known is not None else None
+        if known is None or known[0] != name or (
+                site is not None and first.shape[1:] != site.shape[1:]):
+            raise RuntimeError("mean_field: the model ran different activations on the noisy "
+                               "copies than on the clean input (data-dependent control flow?)")
+        if site is None or (self.phase == "gate" and not first.requires_grad):
+            return func(*args, **kwargs)
+        if self.phase == "collect":
+            self._collect(site, first)
+            return func(*args, **kwargs)
+        _, inplace = _bind(name, args, kwargs)
+        out = _Gated.apply(  # type: ignore[no-untyped-call]
+            first, lambda t: func(t.clone(), *args[1:], **kwargs), site)
+        return first.copy_(out) if inplace else out
+
+    def _survey(self, func: Any, name: str, args: tuple[Any, ...], kwargs: Any) -> Any:
+        first: Tensor = args[0]
+        if not first.requires_grad:  # not on the input's path: nothing to gate
+            self.calls.append((name, None))
+            return func(*args, **kwargs)
+        where = self.names[-1] if self.names else "the model"
+        if first.dim() == 0 or first.shape[0] != self.rows:
+            raise ValueError(f"mean_field: {name} at {where} acts on a tensor of shape "
+                             f"{tuple(first.shape)} whose first dimension is not the batch")
+        rule = _rule(name, args, kwargs, where)
+        site = _Site(name, where, rule, first.shape)
+        self.sites.append(site)
+        self.calls.append((name, site))
+        return func(*args, **kwargs)
+
+    def _collect(self, site: _Site, z: Tensor) -> None:
+        assert self.indices is not None
+        count, groups = len(self.indices), self.groups
+        values = z.detach().reshape(count, *site.shape).float()
+        terms = [site.rule.derivative(values)] if self.empirical else [values, values.square()]
+        if site.sums is None:
+            site.sums = values.new_zeros((len(terms), groups, *site.shape))
+        for sums, term in zip(site.sums, terms, strict=True):
+            if count % groups == 0 and self.indices[0] % groups == 0:  # one op: k % G = row % G
+                sums += term.view(count // groups, groups, *site.shape).sum(dim=0)
+            else:
+                for row, index in enumerate(self.indices):
+                    sums[index % groups] += term[row]
+
+
+class _Gated(torch.autograd.Function):
+    """y = f(x) forward; backward multiplies the upstream gradient by the site's gate."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, fn: Callable[[Tensor], Tensor], site: _Site) -> Tensor:
+        ctx.site = site
+        return fn(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        gate = ctx.site.gate  # read at backward time: one graph serves every gate set
+        return grad * gate.to(grad.dtype), None, None
+
+
+@contextmanager
+def _module_names(model: nn.Module) -> Iterator[list[str]]:
+    """A stack of the qualified names of the modules running now (for error messages)."""
+    stack: list[str] = []
+
+    def enter(name: str) -> Callable[..., None]:
+        return lambda *_: stack.append(name or "the model")
+
+    def leave(*_: Any) -> None:
+        stack.pop()
+
+    handles = []
+    for name, module in model.named_modules():
+        handles.append(module.register_forward_pre_hook(enter(name)))
+        handles.append(module.register_forward_hook(leave))
+    try:
+        yield stack
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Mean-field against `samples` Monte-Carlo samples (`smooth`), per example (N,).
+
+    distance: ‖mean-field − Monte Carlo‖ / ‖Monte Carlo‖; distance_stderr: its standard
+    error; noise_floor: the distance expected from the two estimates' own sampling errors
+    alone; bias: √(distance² − noise_floor²) (0 where negative), the approximation's error.
+    """
+
+    samples: int
+    distance: Tensor
+    distance_stderr: Tensor
+    noise_floor: Tensor
+    bias: Tensor
+    monte_carlo: Tensor
+
+
+@dataclass(frozen=True)
+class MeanFieldResult:
+    """What `mean_field` returns; tensors shaped like x unless noted.
+
+    attribution: the mean-field map. stderr: its per-element standard error from the
+    jackknife over `groups` groups of the noisy copies (sampling error only, not the
+    mean-field bias). samples: noisy forward copies per example. target, sigma, flip_rate:
+    as in `smooth`. sites: activation calls gated. validation: see `Validation`, or None.
+    """
+
+    attribution: Tensor
+    stderr: Tensor
+    samples: int
+    target: Tensor | None
+    sigma: Tensor
+    flip_rate: Tensor | None
+    gates: str
+    sites: int
+    validation: Validation | None
+
+    def relative_error(self) -> Tensor:
+        """‖stderr‖ / ‖map‖ per example (sampling error only; see `validation` for bias)."""
+        from smoothgrad.engine import _relative_error
+        return _relative_error(self.stderr, self.attribution)
+
+
+def mean_field(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    method: str = "gradient",
+    target: int | Tensor | Any | None = None,
+    samples: int = 64,
+    noise: float | None = None,
+    stdev: float | None = None,
+    gates: Literal["gaussian", "empirical"] = "gaussian",
+    batch_size: int = 16,
+    seed: int = 0,
+    groups: int = 4,
+    validate: int = 0,
+) -> MeanFieldResult:
+    """Mean-field SmoothGrad of `method` ("gradient" or "input_x_gradient") for the batch x.
+
+    noise, stdev, target and seed mean what they mean in `smooth`: sample k's noise is
+    `smooth`'s sample k. `samples` noisy forward passes (K) are run in chunks of
+    `batch_size` copies, without autograd; then one clean forward and 1 + `groups`
+    backward passes (the map and its jackknife). input_x_gradient is x times the mean-field
+    gradient (Monte-Carlo SmoothGrad of it averages (x + ε)·∇f(x + ε), which differs by
+    E[ε·∇f(x + ε)]). `validate=M` also runs `smooth` with M samples (seed + 2**32) and
+    reports the distance between the two (`Validation`).
+
+    Max pooling, softmax, layer/group normalisation and attention keep their clean-input
+    gradient, with a warning naming them; activations without a rule (ELU, tanh, sigmoid,
+    ...) are refused with an error naming the layer. Products of two activations (gating)
+    are not detected: check such models with `validate`.
+    """
+    from smoothgrad.engine import _check_input, smooth
+
+    _check_input(x)
+    if method not in ("gradient", "input_x_gradient"):
+        raise ValueError(f"mean_field supports method 'gradient' or 'input_x_gradient', "
+                         f"got {method!r}")
+    if gates not in ("gaussian", "empirical"):
+        raise ValueError(f"gates must be 'gaussian' or 'empirical', got {gates!r}")
+    for name, value, least in (("samples", samples, 1), ("batch_size", batch_size, 1),
+                               ("groups", groups, 2), ("validate", validate, 0),
+                               ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+    if noise is not None and stdev is not None:
+        raise ValueError("give either noise (relative) or stdev (absolute), not both")
+    for name, level in (("noise", noise), ("stdev", stdev)):
+        if level is not None and not (isinstance(level, _FLOAT) and 0 <= level < math.inf):
+            raise ValueError(f"{name} must be a finite number >= 0, got {level!r}")
+
+    x = x.detach()
+    n = x.shape[0]
+    with explaining(model):
+        mode = _Mode(n, groups, gates == "empirical", [])
+        leaf = x.clone().requires_grad_(True)
+        with torch.enable_grad(), _module_names(model) as names:
+            mode.names = names
+            with mode:
+                clean_output = model(leaf).detach()  # its graph is freed here
+        resolved = targets.resolve(target, clean_output)
+        if mode.clean_kept:
+            warnings.warn("mean_field keeps the clean-input gradient (no expectation) of: "
+                          + ", ".join(sorted(mode.clean_kept))
+                          + "; check the estimate with validate=M", stacklevel=2)
+        if not mode.sites:
+            warnings.warn("mean_field found no activation to gate: the result is the plain "
+                          "gradient", stacklevel=2)
+        sigma = noise_scale(x, noise, stdev)
+        flips = _collect(model, mode, x, sigma, resolved, samples, batch_size, seed)
+        grads = _backward(model, mode, x, resolved, samples)
+    attribution, stderr = grads[0], _jackknife(grads[1:])
+    if samples < groups:
+        stderr = torch.full_like(stderr, math.inf)
+    if method == "input_x_gradient":
+        attribution, stderr = x * attribution, x.abs() * stderr
+    validation = None
+    if validate:
+        mc = smooth(model, x, method=method, target=resolved, samples=validate, noise=noise,
+                    stdev=stdev, seed=seed + 2**32)
+        validation = _validation(validate, attribution, stderr, mc.attribution, mc.stderr)
+    return MeanFieldResult(
+        attribution=attribution.to(x.dtype), stderr=stderr.to(x.dtype), samples=samples,
+        target=None if callable(resolved) else resolved, sigma=sigma,
+        flip_rate=None if flips is None else flips / samples, gates=gates,
+        sites=len(mode.sites), validation=validation)
+
+
+def _collect(model: nn.Module, mode: _Mode, x: Tensor, sigma: Tensor, target: targets.Target,
+             samples: int, batch_size: int, seed: int) -> Tensor | None:
+    """Run the noisy forward passes, adding to every site's sums; return flips per example."""
+    n, shape = x.shape[0], x.shape[1:]
+    scale = sigma.view(1, -1, *([1] * len(shape)))
+    flips = None if callable(target) else torch.zeros(n, device=x.device)
+    step = max(1, batch_size // n)
+    step = step // mode.groups * mode.groups or step  # whole groups per pass where possible
+    mode.phase = "collect"
+    for start in range(0, samples, step):
+        indices = range(start, min(start + step, samples))
+        noise = standard_normal(seed, indices, shape, device=x.device, dtype=x.dtype)
+        batch = (x.unsqueeze(0) + scale * noise.unsqueeze(1)).reshape(-1, *shape)
+        mode.indices = indices
+        mode.call = 0
+        with torch.no_grad(), mode:
+            output = model(batch)
+        if mode.call != len(mode.calls):
+            raise RuntimeError("mean_field: the model ran different activations on the noisy "
+                               "copies than on the clean input (data-dependent control flow?)")
+        if flips is not None and isinstance(target, Tensor):
+            wrong = output.argmax(dim=1).view(len(indices), n) != target.view(1, n)
+            flips += wrong.sum(dim=0).to(flips.device)
+    return flips
+
+
+def _gates(mode: _Mode, drop: int | None, samples: int) -> None:
+    """Set every site's gate from its sums, leaving out group `drop` (the jackknife)."""
+    for site in mode.sites:
+        if site.sums is None:
+            raise RuntimeError("mean_field: an activation saw no noisy copy")
+        keep = [g for g in range(mode.groups) if g != drop]
+        count = sum(len(range(g, samples, mode.groups)) for g in keep)
+        total = site.sums[:, keep].sum(dim=1) / max(count, 1)
+        if mode.empirical:
+            site.gate = total[0]
+            continue
+        mean, mean_square = total[0], total[1]
+        # float32 E[z²] − E[z]² loses precision only where |μ| ≫ s, where the gate is 0 or 1
+        variance = (mean_square - mean.square()) * (count / (count - 1)) if count > 1 \
+            else torch.zeros_like(mean)
+        site.gate = site.rule.expected(mean, variance.clamp(min=0).sqrt())
+
+
+def _backward(model: nn.Module, mode: _Mode, x: Tensor, target: targets.Target,
+              samples: int) -> list[Tensor]:
+    """The gated gradient for all groups, then leaving out each group in turn."""
+    leaf = x.clone().requires_grad_(True)
+    mode.phase, mode.call = "gate", 0
+    with torch.enable_grad():
+        with mode:
+            total = targets.score(model(leaf), target).sum()
+        grads = []
+        for drop in (None, *range(mode.groups)):
+            _gates(mode, drop, samples)
+            (grad,) = torch.autograd.grad(total, leaf, retain_graph=drop != mode.groups - 1)
+            grads.append(grad.detach())
+    for site in mode.sites:
+        site.gate = site.sums = None
+    return grads
+
+
+def _jackknife(estimates: list[Tensor]) -> Tensor:
+    """Standard error of the full estimate from its leave-one-group-out estimates."""
+    g = len(estimates)
+    stacked = torch.stack(estimates).double()
+    spread = (stacked - stacked.mean(dim=0)).square().sum(dim=0) * ((g - 1) / g)
+    return spread.sqrt().float()
+
+
+def _validation(samples: int, estimate: Tensor, stderr: Tensor, mc: Tensor,
+                mc_stderr: Tensor) -> Validation:
+    """Distance between the estimates, per example, with its standard error."""
+    diff = (estimate - mc).flatten(1).double()
+    noise_var = (stderr.square() + mc_stderr.square()).flatten(1).double()
+    norm = mc.flatten(1).double().norm(dim=1).clamp(min=torch.finfo(torch.float64).tiny)
+    squared = diff.square().sum(dim=1)
+    bias_sq = (diff.square() - noise_var).clamp(min=0)
+    squared_se = (4 * bias_sq * noise_var + 2 * noise_var.square()).sum(dim=1).sqrt()
+    distance = squared.sqrt() / norm
+    floor = noise_var.sum(dim=1).sqrt() / norm
+    return Validation(
+        samples=samples, distance=distance.float(),
+        distance_stderr=(squared_se / (2 * squared.sqrt().clamp(min=1e-300)) / norm).float(),
+        noise_floor=floor.float(),
+        bias=(distance.square() - floor.square()).clamp(min=0).sqrt().float(),
+        monte_carlo=mc)
