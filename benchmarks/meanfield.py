@@ -44,7 +44,7 @@ import smoothgrad as sg
 from smoothgrad import images, metrics, models, viz
 from smoothgrad.meanfield import mean_field
 from smoothgrad.methods import BY_NAME
-from smoothgrad.targets import Target
+from smoothgrad.targets import Resolved as Target
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "meanfield.json"

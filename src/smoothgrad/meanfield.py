@@ -42,6 +42,7 @@ from torch.overrides import TorchFunctionMode
 from smoothgrad import targets
 from smoothgrad.guard import explaining
 from smoothgrad.noise import noise_scale, standard_normal
+from smoothgrad.result import relative_error
 
 __all__ = ["GATED", "MeanFieldResult", "Validation", "mean_field"]
 
@@ -338,8 +339,7 @@ class MeanFieldResult:
 
     def relative_error(self) -> Tensor:
         """‖stderr‖ / ‖map‖ per example (sampling error only; see `validation` for bias)."""
-        from smoothgrad.engine import _relative_error
-        return _relative_error(self.stderr, self.attribution)
+        return relative_error(self.stderr, self.attribution)
 
 
 def mean_field(
@@ -428,7 +428,7 @@ def mean_field(
         sites=len(mode.sites), validation=validation)
 
 
-def _collect(model: nn.Module, mode: _Mode, x: Tensor, sigma: Tensor, target: targets.Target,
+def _collect(model: nn.Module, mode: _Mode, x: Tensor, sigma: Tensor, target: targets.Resolved,
              samples: int, batch_size: int, seed: int) -> Tensor | None:
     """Run the noisy forward passes, adding to every site's sums; return flips per example."""
     n, shape = x.shape[0], x.shape[1:]
@@ -472,7 +472,7 @@ def _gates(mode: _Mode, drop: int | None, samples: int) -> None:
         site.gate = site.rule.expected(mean, variance.clamp(min=0).sqrt())
 
 
-def _backward(model: nn.Module, mode: _Mode, x: Tensor, target: targets.Target,
+def _backward(model: nn.Module, mode: _Mode, x: Tensor, target: targets.Resolved,
               samples: int) -> list[Tensor]:
     """The gated gradient for all groups, then leaving out each group in turn."""
     leaf = x.clone().requires_grad_(True)
