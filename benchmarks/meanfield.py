@@ -303,6 +303,7 @@ def main() -> None:
     parser.add_argument("--k-empirical", type=int, nargs="+", default=[64])
     parser.add_argument("--faithfulness", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--models", nargs="+", default=["efficientnet_lite0", "resnet"])
+    parser.add_argument("--photos", nargs="+", default=list(PHOTOS))
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args()
@@ -320,7 +321,7 @@ def main() -> None:
     for name, (model, preprocess) in load_models(args).items():
         if name not in args.models:
             continue
-        for photo in PHOTOS:
+        for photo in args.photos:
             x = preprocess(images.load(images.sample_path(photo)))
             results["runs"][f"{name}/{photo}"] = study(model, x, args)
             results["seconds"] = round(time.perf_counter() - started)

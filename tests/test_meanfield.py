@@ -241,3 +241,32 @@ def test_data_dependent_control_flow_is_detected() -> None:
 
     with pytest.raises(RuntimeError, match="control flow"):
         mean_field(Branchy().eval(), torch.randn(1, 3), samples=4)
+
+
+def test_smooth_with_the_mean_field_estimator() -> None:
+    model = one_layer(nn.ReLU())
+    x = torch.randn(2, 5)
+    seen: list[int] = []
+    result = sg.smooth(model, x, samples=40, estimator="mean_field", seed=2, noise=0.2,
+                       method="input_x_gradient", progress=seen.append)
+    direct = mean_field(model, x, samples=40, seed=2, noise=0.2, method="input_x_gradient")
+    assert torch.equal(result.attribution, direct.attribution)
+    assert torch.equal(result.stderr, direct.stderr)
+    assert result.samples == 40 and sum(seen) == 40 and result.aggregate == "mean"
+    assert result.method == "input_x_gradient" and result.inputs is x
+    assert float(result.relative_error().max()) < 1
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"method": "guided_backprop"}, "method must be"),
+    ({"aggregate": "var"}, "aggregate must be 'mean'"),
+    ({"samples": "auto"}, "samples must be a number"),
+    ({"antithetic": True}, "antithetic and fast"),
+    ({"callback": print}, "without callback"),
+    ({"estimator": "median"}, "estimator must be"),
+])
+def test_smooth_mean_field_refuses_what_it_does_not_implement(options: dict[str, object],
+                                                              message: str) -> None:
+    settings = {"estimator": "mean_field", **options}
+    with pytest.raises(ValueError, match=message):
+        sg.smooth(one_layer(nn.ReLU()), torch.randn(1, 5), **settings)  # type: ignore[arg-type]

@@ -97,6 +97,10 @@ class SmoothConfig:
     - antithetic: noise pairs ε, −ε; standard errors are then taken over pair averages.
     - fast: explain an optimised copy of the model (see `smoothgrad.fast`), with glibc's
       malloc keeping freed blocks for the call. The clean prediction uses the model itself.
+    - estimator: "monte_carlo" (the average over noisy copies) or "mean_field": `samples`
+      noisy forward passes, then one backward with every rectifier's gate replaced by its
+      expectation (gradient and input_x_gradient, aggregate "mean"; biased, see
+      `smoothgrad.meanfield` and EVALUATION.md).
 
     Validated and normalised on creation: `noise` is DEFAULT_NOISE when neither noise nor
     stdev is given, numbers are Python numbers (NumPy and 0-d tensor scalars accepted), and
@@ -114,6 +118,7 @@ class SmoothConfig:
     tol: float = 0.05
     max_samples: int = 500
     fast: bool = False
+    estimator: Literal["monte_carlo", "mean_field"] = "monte_carlo"
 
     def __post_init__(self) -> None:
         resolve_method(self.method)  # raises for an unknown name or a non-callable
@@ -140,6 +145,9 @@ class SmoothConfig:
             object.__setattr__(self, name, value)
         if "var" in self.aggregates and self.limit < 2:
             raise ValueError("aggregate 'var' needs samples >= 2")
+        if self.estimator != "monte_carlo":
+            from smoothgrad.meanfield import check_options
+            check_options(self)
 
     @property
     def aggregates(self) -> tuple[str, ...]:

@@ -72,12 +72,15 @@ def smooth(
     output: Callable[[Any], Tensor] | None = None,
     method_kwargs: Mapping[str, Any] | None = None,
     noise_range: Tensor | tuple[Tensor, ...] | None = None,
+    estimator: Literal["monte_carlo", "mean_field"] = "monte_carlo",
 ) -> SmoothResult[X]:
     """SmoothGrad of `method` for the batch `x` (N, ...): the aggregate of M(x + ε_k) over k.
 
     The options (method, samples, noise or stdev, aggregate, batch_size, seed, antithetic,
-    tol, max_samples, fast) are `SmoothConfig`'s, which documents each; `config` gives them
-    as one object, and keywords beside it that are not at their defaults replace its fields.
+    tol, max_samples, fast, estimator) are `SmoothConfig`'s, which documents each; `config`
+    gives them as one object, and keywords beside it that are not at their defaults replace
+    its fields.
+
     - target: None explains each example's clean argmax (kept for every noisy copy); an
       int, or N ints, names classes; a callable `output -> (rows,)` gives a custom score.
     - progress: called after each pass with the number of samples it added (progress bars).
@@ -98,7 +101,14 @@ def smooth(
     method, per_call = split_method(method, method_kwargs, examples(x), BY_NAME)
     options = _options(config, x, extras, method=method, samples=samples, noise=noise,
                        stdev=stdev, aggregate=aggregate, batch_size=batch_size, seed=seed,
-                       antithetic=antithetic, tol=tol, max_samples=max_samples, fast=fast)
+                       antithetic=antithetic, tol=tol, max_samples=max_samples, fast=fast,
+                       estimator=estimator)
+    if options.estimator == "mean_field":
+        from smoothgrad.meanfield import smooth_mean_field
+        if not extras.plain(x) or callback is not None:
+            raise ValueError("estimator='mean_field' explains one floating tensor, without "
+                             "callback, forward_kwargs, layer, noise_mask or output")
+        return smooth_mean_field(model, x, options, target, progress)  # type: ignore[return-value]
     caught: list[warnings.WarningMessage] = []
     try:
         with explaining(model), gradients_on(), contextlib.ExitStack() as session, \

@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -42,9 +42,13 @@ from torch.overrides import TorchFunctionMode
 from smoothgrad import targets
 from smoothgrad.guard import explaining
 from smoothgrad.noise import noise_scale, standard_normal
-from smoothgrad.result import relative_error
+from smoothgrad.result import SmoothResult, relative_error
 
-__all__ = ["GATED", "MeanFieldResult", "Validation", "mean_field"]
+if TYPE_CHECKING:
+    from smoothgrad.config import SmoothConfig
+
+__all__ = ["GATED", "MeanFieldResult", "Validation", "check_options", "mean_field",
+           "smooth_mean_field"]
 
 _LAMBDA = 1 / 1.702  # sigmoid(t) ≈ Φ(t / 1.702), error below 0.01
 _FLOAT = int | float
@@ -356,6 +360,7 @@ def mean_field(
     seed: int = 0,
     groups: int = 4,
     validate: int = 0,
+    progress: Callable[[int], None] | None = None,
 ) -> MeanFieldResult:
     """Mean-field SmoothGrad of `method` ("gradient" or "input_x_gradient") for the batch x.
 
@@ -365,7 +370,8 @@ def mean_field(
     backward passes (the map and its jackknife). input_x_gradient is x times the mean-field
     gradient (Monte-Carlo SmoothGrad of it averages (x + ε)·∇f(x + ε), which differs by
     E[ε·∇f(x + ε)]). `validate=M` also runs `smooth` with M samples (seed + 2**32) and
-    reports the distance between the two (`Validation`).
+    reports the distance between the two (`Validation`). progress: called after each noisy
+    pass with the number of samples it added.
 
     Max pooling, softmax, layer/group normalisation and attention keep their clean-input
     gradient, with a warning naming them; activations without a rule (ELU, tanh, sigmoid,
@@ -409,7 +415,7 @@ def mean_field(
             warnings.warn("mean_field found no activation to gate: the result is the plain "
                           "gradient", stacklevel=2)
         sigma = noise_scale(x, noise, stdev)
-        flips = _collect(model, mode, x, sigma, resolved, samples, batch_size, seed)
+        flips = _collect(model, mode, x, sigma, resolved, samples, batch_size, seed, progress)
         grads = _backward(model, mode, x, resolved, samples)
     attribution, stderr = grads[0], _jackknife(grads[1:])
     if samples < groups:
@@ -429,7 +435,8 @@ def mean_field(
 
 
 def _collect(model: nn.Module, mode: _Mode, x: Tensor, sigma: Tensor, target: targets.Resolved,
-             samples: int, batch_size: int, seed: int) -> Tensor | None:
+             samples: int, batch_size: int, seed: int,
+             progress: Callable[[int], None] | None) -> Tensor | None:
     """Run the noisy forward passes, adding to every site's sums; return flips per example."""
     n, shape = x.shape[0], x.shape[1:]
     scale = sigma.view(1, -1, *([1] * len(shape)))
@@ -451,6 +458,8 @@ def _collect(model: nn.Module, mode: _Mode, x: Tensor, sigma: Tensor, target: ta
         if flips is not None and isinstance(target, Tensor):
             wrong = output.argmax(dim=1).view(len(indices), n) != target.view(1, n)
             flips += wrong.sum(dim=0).to(flips.device)
+        if progress is not None:
+            progress(len(indices))
     return flips
 
 
@@ -515,3 +524,41 @@ def _validation(samples: int, estimate: Tensor, stderr: Tensor, mc: Tensor,
         noise_floor=floor.float(),
         bias=(distance.square() - floor.square()).clamp(min=0).sqrt().float(),
         monte_carlo=mc)
+
+
+def check_options(options: SmoothConfig) -> None:
+    """Refuse `smooth` options that the mean-field estimator does not implement."""
+    if options.estimator != "mean_field":
+        raise ValueError(f"estimator must be 'monte_carlo' or 'mean_field', "
+                         f"got {options.estimator!r}")
+    problems = []
+    if options.method not in ("gradient", "input_x_gradient"):
+        problems.append(f"method must be 'gradient' or 'input_x_gradient' "
+                        f"(got {options.method_name!r})")
+    if options.samples == "auto":
+        problems.append("samples must be a number")
+    if options.aggregates != ("mean",):
+        problems.append("aggregate must be 'mean'")
+    if options.antithetic or options.fast:
+        problems.append("antithetic and fast are not supported")
+    if options.stdev is not None and not isinstance(options.stdev, float):
+        problems.append("stdev must be one number")
+    if problems:
+        raise ValueError("estimator='mean_field': " + "; ".join(problems))
+
+
+def smooth_mean_field(model: nn.Module, x: object, options: SmoothConfig, target: Any,
+                      progress: Callable[[int], None] | None = None) -> SmoothResult:
+    """`smooth(..., estimator="mean_field")`: `mean_field` with the call's options."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"estimator='mean_field' explains one tensor x, not {type(x).__name__}")
+    result = mean_field(
+        model, x, method=str(options.method), target=target, samples=int(options.samples),
+        noise=None if options.stdev is not None else options.noise,
+        stdev=options.stdev if isinstance(options.stdev, float) else None,
+        batch_size=16 if options.batch_size == "auto" else int(options.batch_size),
+        seed=options.seed, progress=progress)
+    return SmoothResult(
+        attribution=result.attribution, stderr=result.stderr, samples=result.samples,
+        target=result.target, sigma=result.sigma, flip_rate=result.flip_rate, aggregate="mean",
+        inputs=x, method=options.method_name)
