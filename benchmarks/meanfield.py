@@ -18,10 +18,11 @@ crops of the two photos) and each bundled photo, at σ = 15 % of the input range
 Errors are relative L2 distances to the reference, of the raw map (C, H, W) and of the map
 as shown (`viz.process`: |·| summed over channels, clipped at the 99th percentile).
 
-    OMP_NUM_THREADS=1 python benchmarks/meanfield.py            # ~40 min on a shared 2-core box
+    OMP_NUM_THREADS=1 python benchmarks/meanfield.py   # 6-9 CPU-minutes per model and photo
     python benchmarks/meanfield.py --report                       # tables and figure from JSON
 
-Writes benchmarks/results/meanfield.json and docs/evaluation/meanfield.png.
+Writes benchmarks/results/meanfield*.json (one file per --out) and
+docs/evaluation/meanfield.png; the report reads every benchmarks/results/meanfield*.json.
 """
 
 from __future__ import annotations
@@ -400,7 +401,7 @@ def report(results: dict[str, Any]) -> None:
             ref, mf = rows[sigma]
             by_k = {r["k"]: r for r in mf if r["method"] == "gradient" and r["gates"] == "gaussian"}
             big = fmt(by_k[1024]["bias"]) if 1024 in by_k else "—"
-            samples = ref["samples"] or results["meta"][0].get("reference_sigma", "")
+            samples = ref["samples"] or results["meta"][0].get("reference_sigma", 300)
             print(f"| {key} | {sigma:.0%} | {samples} ({fmt(ref['error_raw'])}) | "
                   f"{fmt(by_k[64]['raw_corrected'])} | {fmt(by_k[256]['raw_corrected'])} | "
                   f"{fmt(by_k[256]['bias'])} | {big} |")
@@ -454,14 +455,14 @@ def figure(runs: dict[str, Any]) -> None:
         for gates, color in (("gaussian", "C2"), ("empirical", "C3")):
             rows = [r for r in run["meanfield"] if r["method"] == "gradient"
                     and r["gates"] == gates]
-            xs = [cost(run, r["k"])[0] for r in rows]
+            xs = [cost(run, r["k"])[1] for r in rows]  # measured seconds, the honest axis
             for kind, style in (("raw", "o-"), ("shown", "o:")):
                 ax.plot(xs, [r[f"{kind}_corrected"] for r in rows], style, color=color,
                         label=f"mean-field {gates} ({kind})")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(key, fontsize=9)
-        ax.set_xlabel("compute (Monte-Carlo sample equivalents)")
+        ax.set_xlabel("compute (Monte-Carlo samples of the same wall time)")
     axes[0][0].set_ylabel("relative L2 error vs reference")
     axes[0][-1].legend(fontsize=6)
     fig.tight_layout()

@@ -7,13 +7,13 @@ Example:
     torch.Size([1, 4])
 """
 
-from smoothgrad import display, images, methods, metrics, models, text, tokens, viz
+from smoothgrad import display, images, meanfield, methods, metrics, models, text, tokens, viz
 from smoothgrad.config import DEFAULT_NOISE, SmoothConfig
 from smoothgrad.engine import smooth
 from smoothgrad.result import SmoothResult
 
 __all__ = [
-    "DEFAULT_NOISE", "SmoothConfig", "SmoothResult", "display", "images", "methods", "metrics",
-    "models", "smooth", "text", "tokens", "viz",
+    "DEFAULT_NOISE", "SmoothConfig", "SmoothResult", "display", "images", "meanfield", "methods",
+    "metrics", "models", "smooth", "text", "tokens", "viz",
 ]
 __version__ = "0.1.0"
