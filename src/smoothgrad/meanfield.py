@@ -378,25 +378,10 @@ def mean_field(
     ...) are refused with an error naming the layer. Products of two activations (gating)
     are not detected: check such models with `validate`.
     """
-    from smoothgrad.engine import _check_input, smooth
+    from smoothgrad.engine import smooth
 
-    _check_input(x)
-    if method not in ("gradient", "input_x_gradient"):
-        raise ValueError(f"mean_field supports method 'gradient' or 'input_x_gradient', "
-                         f"got {method!r}")
-    if gates not in ("gaussian", "empirical"):
-        raise ValueError(f"gates must be 'gaussian' or 'empirical', got {gates!r}")
-    for name, value, least in (("samples", samples, 1), ("batch_size", batch_size, 1),
-                               ("groups", groups, 2), ("validate", validate, 0),
-                               ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
-    if noise is not None and stdev is not None:
-        raise ValueError("give either noise (relative) or stdev (absolute), not both")
-    for name, level in (("noise", noise), ("stdev", stdev)):
-        if level is not None and not (isinstance(level, _FLOAT) and 0 <= level < math.inf):
-            raise ValueError(f"{name} must be a finite number >= 0, got {level!r}")
-
+    _check_arguments(x, method, gates, noise, stdev, samples=samples, batch_size=batch_size,
+                     groups=groups, validate=validate, seed=seed)
     x = x.detach()
     n = x.shape[0]
     with explaining(model):
@@ -432,6 +417,27 @@ def mean_field(
         target=None if callable(resolved) else resolved, sigma=sigma,
         flip_rate=None if flips is None else flips / samples, gates=gates,
         sites=len(mode.sites), validation=validation)
+
+
+def _check_arguments(x: object, method: str, gates: str, noise: object, stdev: object,
+                     **counts: object) -> None:
+    from smoothgrad.engine import _check_input
+
+    _check_input(x)
+    if method not in ("gradient", "input_x_gradient"):
+        raise ValueError(f"mean_field supports method 'gradient' or 'input_x_gradient', "
+                         f"got {method!r}")
+    if gates not in ("gaussian", "empirical"):
+        raise ValueError(f"gates must be 'gaussian' or 'empirical', got {gates!r}")
+    least = {"samples": 1, "batch_size": 1, "groups": 2}
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < least.get(name, 0):
+            raise ValueError(f"{name} must be an int >= {least.get(name, 0)}, got {value!r}")
+    if noise is not None and stdev is not None:
+        raise ValueError("give either noise (relative) or stdev (absolute), not both")
+    for name, level in (("noise", noise), ("stdev", stdev)):
+        if level is not None and not (isinstance(level, _FLOAT) and 0 <= level < math.inf):
+            raise ValueError(f"{name} must be a finite number >= 0, got {level!r}")
 
 
 def _collect(model: nn.Module, mode: _Mode, x: Tensor, sigma: Tensor, target: targets.Resolved,
