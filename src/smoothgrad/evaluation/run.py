@@ -66,8 +66,7 @@ def evaluate(model: nn.Module, x: Tensor, config: Evaluation | None = None, *,
     """
     config = settings_from(Evaluation, settings, config)
     names = [str(i) for i in range(x.shape[0])] if names is None else list(names)
-    run = Run(model, x, resolve_target(model, x, target), config.smoothing, config.options,
-               progress)
+    run = Run(model, x, target, config.smoothing, config.options, progress)
     rows: list[Row] = []
     for method in config.methods:
         variants = run.variants(method, config.aggregates)
@@ -100,10 +99,13 @@ def _row(name: str, i: int, method: str, smoothing: str, result: SmoothResult | 
 class Run:
     """One `evaluate` call on one batch: the maps and the work they share, computed once."""
 
-    def __init__(self, model: nn.Module, x: Tensor, target: Tensor,
+    def __init__(self, model: nn.Module, x: Tensor, target: int | Tensor | None,
                  smoothing: Mapping[str, Any], options: MetricOptions,
                  progress: Progress | None) -> None:
-        self.model, self.x, self.target = model, x, target
+        with torch.no_grad():
+            self.clean = model(x)  # the clean output: resolves the target, feeds infidelity
+        self.model, self.x = model, x
+        self.target = resolve_target(model, x, target, clean=self.clean)
         self.smoothing, self.options, self.progress = smoothing, options, progress
         self.rows = options.pass_size(smoothing, x.device)
         self.shared: dict[str, Any] = {}
@@ -174,7 +176,8 @@ class Run:
         perturbations = faithfulness.gaussian_perturbations(self.x, k, self.options.infidelity_std)
         drops = faithfulness.infidelity_drops(
             self.model, self.x, self.target, perturbations, batch_size=self.rows,
-            progress=self.report("infidelity", (k + 1) * self.x.shape[0]))
+            clean=self.clean.gather(1, self.target[:, None]).squeeze(1),
+            progress=self.report("infidelity", k * self.x.shape[0]))
         return perturbations, drops
 
     def sensitivity(self, method: str, variants: Mapping[str, tuple[Tensor, Any]]

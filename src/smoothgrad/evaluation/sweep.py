@@ -11,7 +11,6 @@ from torch import Tensor, nn
 from smoothgrad.engine import SmoothResult, smooth
 from smoothgrad.evaluation.run import Run
 from smoothgrad.evaluation.settings import DEFAULT_METRICS, Progress, SweepSettings, settings_from
-from smoothgrad.metrics.base import resolve_target
 from smoothgrad.metrics.convergence import convergence_row
 from smoothgrad.tables import Row
 
@@ -59,8 +58,8 @@ def sweep(model: nn.Module, x: Tensor, config: SweepSettings | None = None, *,
     if x.shape[0] != 1:
         raise ValueError(f"sweep explains one example, got a batch of {x.shape[0]}")
     config = settings_from(SweepSettings, settings, config)
-    target_t = resolve_target(model, x, target)
-    run = Run(model, x, target_t, config.smoothing, config.options, progress)
+    run = Run(model, x, target, config.smoothing, config.options, progress)
+    target_t = run.target
     cache: dict[tuple[float, int, int], SmoothResult] = {}
     total = (config.reference_samples + len(config.noises) * config.at_samples
              + sum(config.samples))

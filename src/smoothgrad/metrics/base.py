@@ -75,10 +75,16 @@ def unit_range(m: Tensor) -> Tensor:
     return ((flat - low) / torch.where(span > 0, span, 1.0)).view_as(m)
 
 
-def resolve_target(model: nn.Module, x: Tensor, target: Target) -> Tensor:
-    """``None`` -> clean argmax; int or N ints -> LongTensor ``(N,)``, checked as `smooth` does."""
-    with torch.no_grad():
-        resolved = targets.resolve(target, model(x))
+def resolve_target(model: nn.Module, x: Tensor, target: Target, *,
+                   clean: Tensor | None = None) -> Tensor:
+    """``None`` -> clean argmax; int or N ints -> LongTensor ``(N,)``, checked as `smooth` does.
+
+    ``clean`` is the model's output for ``x`` when the caller has it (no forward pass then).
+    """
+    if clean is None:
+        with torch.no_grad():
+            clean = model(x)
+    resolved = targets.resolve(target, clean)
     if not isinstance(resolved, Tensor):
         raise TypeError("metrics need class targets (None, an int or N ints), not a callable")
     return resolved

@@ -226,12 +226,15 @@ def gaussian_perturbations(x: Tensor, n_perturb: int, noise_std: float,
 
 
 def infidelity_drops(model: nn.Module, x: Tensor, target: Tensor, perturbations: Tensor, *,
-                     batch_size: int | None = None, progress: Progress | None = None) -> Tensor:
-    """``f(x) - f(x - I_k)`` per example and perturbation, ``(N, k)``, for a resolved target."""
+                     batch_size: int | None = None, clean: Tensor | None = None,
+                     progress: Progress | None = None) -> Tensor:
+    """``f(x) - f(x - I_k)`` per example and perturbation, ``(N, k)``, for a resolved target;
+    ``clean`` is ``f(x)`` ``(N,)`` when the caller has it (one forward pass fewer)."""
     if perturbations.shape[0] != x.shape[0] or perturbations.shape[2:] != x.shape[1:]:
         raise ValueError(f"perturbations must be (N, n_perturb, ...) for x {x.shape}")
     n, k = perturbations.shape[:2]
-    clean = target_outputs(model, x, target, batch_size, softmax=False, progress=progress)
+    if clean is None:
+        clean = target_outputs(model, x, target, batch_size, softmax=False, progress=progress)
     perturbed = (x.unsqueeze(1) - perturbations).flatten(0, 1)
     outputs = target_outputs(model, perturbed, target.repeat_interleave(k), batch_size,
                              softmax=False, progress=progress)
