@@ -197,8 +197,10 @@ class _Run:
         subject = extras.prepare(model, x)
         explained = subject.explained
         self.x = explained.detach().clone() if explained.is_inference() else explained.detach()
-        with torch.no_grad():
-            clean = subject.runner()(self.x.clone())  # a copy: the model may edit its input
+        clean = subject.clean
+        if clean is None:
+            with torch.no_grad():
+                clean = subject.runner()(self.x.clone())  # a copy: the model may edit x
         if subject.direct and not isinstance(clean, Tensor):
             subject, clean = subject.wrapped(), pick(clean)
         self.subject, self.per_call = subject, subject.at_layer(per_call)

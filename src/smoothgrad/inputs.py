@@ -73,6 +73,8 @@ class Subject:
     several: bool
     shapes: tuple[torch.Size, ...] = field(default=())
     direct: bool = False
+    clean: Tensor | None = None
+    """The model's scores on the clean inputs when preparing already computed them."""
 
     @property
     def n(self) -> int:
@@ -244,13 +246,14 @@ def prepare(
     if layer is not None:
         layer = check_layer(model, layer)
         _check_ids(inputs, layer)
-        explained = layer_output(model, layer, inputs, kwargs)
+        explained, clean = _layer_pass(model, layer, inputs, kwargs)
         mask = noise_mask if noise_mask is not None else kwargs.get("attention_mask")
         name = "noise_mask" if noise_mask is not None else "forward_kwargs['attention_mask']"
         if mask is None:
             mask = torch.ones(explained.shape[:2], dtype=torch.bool, device=explained.device)
         return Subject(model, inputs, kwargs, layer, output, (), check_mask(
-            mask, explained.shape, name).to(explained.device), explained, several=False)
+            mask, explained.shape, name).to(explained.device), explained, several=False,
+            clean=pick(clean, output))
     floating = tuple(i for i, t in enumerate(inputs) if t.dtype.is_floating_point)
     if not floating:
         raise TypeError("x has no floating-point tensor to noise; pass layer=the embedding "
@@ -271,8 +274,14 @@ def prepare(
 def layer_output(model: nn.Module, layer: nn.Module, inputs: Sequence[Tensor],
                  kwargs: Mapping[str, Any]) -> Tensor:
     """The clean output of `layer` when `model(*inputs, **kwargs)` runs (detached)."""
+    return _layer_pass(model, layer, inputs, kwargs)[0]
+
+
+def _layer_pass(model: nn.Module, layer: nn.Module, inputs: Sequence[Tensor],
+                kwargs: Mapping[str, Any]) -> tuple[Tensor, Any]:
+    """(the layer's output, the model's output) of one clean forward pass."""
     with torch.no_grad(), captured(layer) as seen:
-        model(*inputs, **kwargs)
+        output = model(*inputs, **kwargs)
     if not seen:
         raise ValueError(f"layer ({type(layer).__name__}) was not called by the model's "
                          "forward pass")
@@ -282,7 +291,7 @@ def layer_output(model: nn.Module, layer: nn.Module, inputs: Sequence[Tensor],
     if seen[0].dim() < 2 or seen[0].shape[0] != inputs[0].shape[0]:
         raise ValueError(f"layer output {tuple(seen[0].shape)} must have one row per example "
                          f"({inputs[0].shape[0]})")
-    return seen[0].detach()
+    return seen[0].detach(), output
 
 
 @dataclass(frozen=True)
