@@ -162,14 +162,16 @@ def test_bad_files_show_a_message(browser: Browser, server: Server, tmp_path: Pa
 
 def test_a_second_page_waits_its_turn(browser: Browser, server: Server) -> None:
     first, second = open_page(browser, server), open_page(browser, server)
-    start(first, CHELSEA, 20, strip=False)
+    start(first, CHELSEA, 400, strip=False)  # long enough to be running whatever the load
     first.wait_for_selector("body[data-state='running']")
     second.click("#samples button[data-sample='coffee']")  # a bundled photo, no upload
     second.fill("#samples-n", "10")
     second.set_checked("#strip", False)
     second.click("#run")
     expect(second.locator("#status")).to_contain_text("Waiting: 1 job ahead")
-    first.wait_for_selector("body[data-state='done']")
+    assert second.get_attribute("body", "data-state") == "waiting"
+    first.click("#stop")  # the first page gives up: the second one's turn comes
+    first.wait_for_selector("body[data-state='stopped']")
     second.wait_for_selector("body[data-state='done']")
     assert second.locator("#top5 li").first.inner_text().startswith("espresso")
     first.close()
