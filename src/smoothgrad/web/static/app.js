@@ -85,7 +85,7 @@ function reset() {
   $("downloads-box").hidden = true;
   $("downloads").innerHTML = "";
   $("progress").value = 0;
-  document.body.dataset.state = "running";
+  document.body.dataset.state = "sending";  // "running" once the server has started the job
 }
 
 async function run() {
