@@ -141,8 +141,9 @@ class Subject:
                                antithetic=antithetic, dtype=self.explained.dtype)
 
     def keep(self, part: slice) -> Tensor | None:
-        """1 at real positions, 0 at padding, shaped to multiply (len(part), T, ...)."""
-        if self.mask is None:
+        """1 at real positions, 0 at padding, shaped to multiply (len(part), T, ...); None
+        without padding."""
+        if self.mask is None or bool(self.mask[part].all()):
             return None
         mask = self.mask[part]
         return mask.reshape(*mask.shape, *([1] * (self.explained.dim() - 2))).to(

@@ -133,7 +133,8 @@ def sequence_normal(
     antithetic: bool = False,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """Standard-normal noise shaped (len(indices), N, T, *feature_shape), zero at padding.
+    """Standard-normal noise shaped (len(indices), N, T, *feature_shape), zero at padding
+    (N is 1, to broadcast, when `mask` has no padding).
 
     The noise of example i's j-th real position (in the order of `mask[i]`) in sample k
     depends only on (seed, k, j): draw `j // BLOCK` of sample k is generated from its own
@@ -143,18 +144,19 @@ def sequence_normal(
     longest = int(mask.sum(dim=1).max()) if mask.numel() else 0
     blocks = max(1, -(-longest // BLOCK))
     generator = torch.Generator(device=device)
-    draws = []
-    for index in indices:
+    by_ordinal = torch.empty((len(indices), blocks * BLOCK, *feature_shape), device=device)
+    for row, index in enumerate(indices):
         base = index - index % 2 if antithetic else index
-        rows = []
         for block in range(blocks):
             state = np.random.SeedSequence([seed, base, 1 + block]).generate_state(1, np.uint64)
             generator.manual_seed(int(state[0]))
-            rows.append(torch.randn((BLOCK, *feature_shape), generator=generator,
-                                    device=device))
-        draw = torch.cat(rows)
-        draws.append(-draw if antithetic and index % 2 else draw)
-    by_ordinal = torch.stack(draws).to(dtype)  # (count, blocks * BLOCK, *feature)
+            torch.randn((BLOCK, *feature_shape), generator=generator, device=device,
+                        out=by_ordinal[row, block * BLOCK:(block + 1) * BLOCK])
+        if antithetic and index % 2:
+            by_ordinal[row].neg_()
+    by_ordinal = by_ordinal.to(dtype)  # (count, blocks * BLOCK, *feature)
+    if bool(mask.all()):  # no padding: every example gets the same draw, broadcast
+        return by_ordinal[:, None, : mask.shape[1]]
     ordinal = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
     noise = by_ordinal[:, ordinal]  # (count, N, T, *feature)
     return noise * mask.reshape(1, *mask.shape, *([1] * len(feature_shape))).to(dtype)
