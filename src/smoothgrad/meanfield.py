@@ -30,16 +30,15 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
 from smoothgrad import targets
+from smoothgrad.gates import GATED, GateMode, module_names
 from smoothgrad.guard import explaining
 from smoothgrad.noise import noise_scale, standard_normal
 from smoothgrad.result import SmoothResult, relative_error
@@ -49,260 +48,6 @@ if TYPE_CHECKING:
 
 __all__ = ["GATED", "MeanFieldResult", "Validation", "check_options", "mean_field",
            "smooth_mean_field"]
-
-_LAMBDA = 1 / 1.702  # sigmoid(t) ≈ Φ(t / 1.702), error below 0.01
-_FLOAT = int | float
-
-GATED = frozenset({
-    "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "clamp", "clamp_", "clip", "clip_",
-    "clamp_min", "clamp_min_", "clamp_max", "clamp_max_", "leaky_relu", "leaky_relu_",
-    "threshold", "threshold_", "prelu", "gelu", "silu", "softplus",
-})
-"""Functions (by name, module or functional, in-place or not) whose derivative is gated."""
-
-_REFUSED = frozenset({
-    "elu", "elu_", "selu", "selu_", "celu", "celu_", "mish", "hardswish", "hardsigmoid",
-    "sigmoid", "sigmoid_", "tanh", "tanh_", "logsigmoid", "softsign", "rrelu", "rrelu_",
-    "glu", "tanhshrink", "softshrink", "hardshrink",
-})
-_CLEAN = frozenset({
-    "max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
-    "adaptive_max_pool3d", "fractional_max_pool2d", "fractional_max_pool3d", "softmax",
-    "log_softmax", "softmin", "layer_norm", "group_norm", "instance_norm", "rms_norm",
-    "scaled_dot_product_attention", "multi_head_attention_forward",
-})
-_PARAMS = {  # name without a trailing "_" -> (parameter names after the input, defaults)
-    "relu": ((), ()), "relu6": ((), ()), "hardtanh": (("min_val", "max_val"), (-1.0, 1.0)),
-    "clamp": (("min", "max"), (None, None)), "clip": (("min", "max"), (None, None)),
-    "clamp_min": (("min",), (None,)), "clamp_max": (("max",), (None,)),
-    "leaky_relu": (("negative_slope",), (0.01,)), "threshold": (("threshold",), (None,)),
-    "prelu": (("weight",), (None,)), "gelu": (("approximate",), ("none",)), "silu": ((), ()),
-    "softplus": (("beta", "threshold"), (1.0, 20.0)),
-}
-
-
-@dataclass(frozen=True)
-class _Rule:
-    """The local derivative of one activation call: a gate `slope + (1 − slope)·[lo < z < hi]`
-    for piecewise-linear ones, or a smooth kind ("gelu", "silu", "softplus" with `beta`)."""
-
-    kind: str
-    lo: float = -math.inf
-    hi: float = math.inf
-    slope: float | Tensor = 0.0
-    beta: float = 1.0
-
-    def derivative(self, z: Tensor) -> Tensor:
-        """f'(z) elementwise (0 at the kinks, as autograd has it)."""
-        if self.kind == "piecewise":
-            inside = ((z > self.lo) & (z < self.hi)).to(z.dtype)
-            return self.slope + (1 - self.slope) * inside
-        if self.kind == "gelu":
-            return _cdf(z) + z * _pdf(z)
-        sig = torch.sigmoid(self.beta * z)
-        return sig if self.kind == "softplus" else sig * (1 + z * (1 - sig))
-
-    def expected(self, mu: Tensor, s: Tensor) -> Tensor:
-        """E f'(z) for z ~ N(μ, s²); s = 0 gives f'(μ)."""
-        if self.kind == "piecewise":
-            safe = torch.where(s > 0, s, 1.0)
-            inside = _cdf((self.hi - mu) / safe) - _cdf((self.lo - mu) / safe)
-            inside = torch.where(s > 0, inside, ((mu > self.lo) & (mu < self.hi)).to(mu.dtype))
-            return self.slope + (1 - self.slope) * inside
-        if self.kind == "gelu":
-            return _expected_gelu_derivative(mu, s)
-        if self.kind == "silu":  # silu(z) ≈ z Φ(λz)
-            return _expected_gelu_derivative(_LAMBDA * mu, _LAMBDA * s)
-        scale = _LAMBDA * self.beta  # softplus' = sigmoid(βz) ≈ Φ(λβz)
-        return _cdf(scale * mu / (1 + (scale * s).square()).sqrt())
-
-
-def _cdf(t: Tensor) -> Tensor:
-    out: Tensor = torch.special.ndtr(t)
-    return out
-
-
-def _pdf(t: Tensor) -> Tensor:
-    return torch.exp(-0.5 * t.square()) / math.sqrt(2 * math.pi)
-
-
-def _expected_gelu_derivative(mu: Tensor, s: Tensor) -> Tensor:
-    """E[Φ(z) + zφ(z)] for z ~ N(μ, s²), in closed form."""
-    v = 1 + s.square()
-    t = mu / v.sqrt()
-    return _cdf(t) + mu / v * _pdf(t) / v.sqrt()
-
-
-def _bind(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    names, defaults = _PARAMS[name.rstrip("_")]
-    bound = dict(zip(names, defaults, strict=True))
-    bound.update(zip(names, args[1:], strict=False))
-    bound.update({k: v for k, v in kwargs.items() if k in bound})
-    inplace = name.endswith("_") or kwargs.get("inplace") is True or (
-        len(args) > len(names) + 1 and args[len(names) + 1] is True)
-    return bound, inplace
-
-
-def _rule(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -> _Rule:
-    """The rule for a call of the activation `name` (in `GATED`); refuses what it cannot gate."""
-    p, _ = _bind(name, args, kwargs)
-    base = name.rstrip("_")
-    if base == "relu":
-        return _Rule("piecewise", lo=0.0)
-    if base == "relu6":
-        return _Rule("piecewise", lo=0.0, hi=6.0)
-    if base in ("hardtanh", "clamp", "clip", "clamp_min", "clamp_max"):
-        lo, hi = p.get("min_val", p.get("min")), p.get("max_val", p.get("max"))
-        if not all(b is None or isinstance(b, _FLOAT) for b in (lo, hi)):
-            raise ValueError(f"mean_field: {name} at {where} has tensor bounds; only number "
-                             "bounds are supported")
-        return _Rule("piecewise", lo=-math.inf if lo is None else float(lo),
-                     hi=math.inf if hi is None else float(hi))
-    if base == "leaky_relu":
-        return _Rule("piecewise", lo=0.0, slope=float(p["negative_slope"]))
-    if base == "threshold":
-        return _Rule("piecewise", lo=float(p["threshold"]))
-    if base == "prelu":
-        weight = p["weight"].detach()
-        dims = args[0].dim()
-        shape = (1, -1, *([1] * (dims - 2))) if weight.numel() > 1 else (1,) * dims
-        return _Rule("piecewise", lo=0.0, slope=weight.float().reshape(shape))
-    if base == "softplus":
-        return _Rule("softplus", beta=float(p["beta"]))
-    return _Rule(base)  # gelu, silu
-
-
-@dataclass
-class _Site:
-    """One activation call of the forward pass, with the running sums of its pre-activation."""
-
-    name: str
-    where: str
-    rule: _Rule
-    shape: torch.Size  # (N, ...)
-    sums: Tensor | None = None  # (terms, groups, N, ...): Σz and Σz² (or Σ f'(z)) by group
-    gate: Tensor | None = None  # the gate the backward pass uses
-
-
-class _Mode(TorchFunctionMode):
-    """Sees every call of a `GATED` function on the input's path, one pass at a time.
-
-    phase "survey" (clean input, grad on): records the sites; "collect" (noisy copies, no
-    grad): adds to each site's sums; "gate" (clean input, grad on): replaces each site's
-    local derivative by its gate.
-    """
-
-    def __init__(self, rows: int, groups: int, empirical: bool, names: list[str]) -> None:
-        super().__init__()
-        self.rows, self.groups, self.empirical, self.names = rows, groups, empirical, names
-        self.sites: list[_Site] = []
-        self.calls: list[tuple[str, _Site | None]] = []  # every gated-function call, in order
-        self.phase = "survey"
-        self.call = 0
-        self.indices: range | None = None  # the noisy samples of the pass running now
-        self.clean_kept: set[str] = set()
-
-    def __torch_function__(
-        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
-    ) -> Any:
-        kwargs = kwargs or {}
-        name = getattr(func, "__name__", "")
-        first = args[0] if args else None
-        if self.phase == "survey" and isinstance(first, Tensor) and first.requires_grad:
-            where = self.names[-1] if self.names else "the model"
-            if name in _REFUSED:
-                raise ValueError(f"mean_field has no Gaussian rule for {name} (at {where}); "
-                                 f"supported: {', '.join(sorted(GATED))}")
-            if name in _CLEAN:
-                self.clean_kept.add(f"{name} (at {where})")
-            if name == "batch_norm" and (args[5:6] == (True,) or kwargs.get("training")):
-                self.clean_kept.add(f"batch_norm with batch statistics (at {where})")
-        if name not in GATED or not isinstance(first, Tensor):
-            return func(*args, **kwargs)
-        if self.phase == "survey":
-            return self._survey(func, name, args, kwargs)
-        known = self.calls[self.call] if self.call < len(self.calls) else None
-        self.call += 1
-        site = known[1] if known is not None else None
-        if known is None or known[0] != name or (
-                site is not None and first.shape[1:] != site.shape[1:]):
-            raise RuntimeError("mean_field: the model ran different activations on the noisy "
-                               "copies than on the clean input (data-dependent control flow?)")
-        if site is None or (self.phase == "gate" and not first.requires_grad):
-            return func(*args, **kwargs)
-        if self.phase == "collect":
-            self._collect(site, first)
-            return func(*args, **kwargs)
-        _, inplace = _bind(name, args, kwargs)
-        out = _Gated.apply(  # type: ignore[no-untyped-call]
-            first, lambda t: func(t.clone(), *args[1:], **kwargs), site)
-        return first.copy_(out) if inplace else out
-
-    def _survey(self, func: Any, name: str, args: tuple[Any, ...], kwargs: Any) -> Any:
-        first: Tensor = args[0]
-        if not first.requires_grad:  # not on the input's path: nothing to gate
-            self.calls.append((name, None))
-            return func(*args, **kwargs)
-        where = self.names[-1] if self.names else "the model"
-        if first.dim() == 0 or first.shape[0] != self.rows:
-            raise ValueError(f"mean_field: {name} at {where} acts on a tensor of shape "
-                             f"{tuple(first.shape)} whose first dimension is not the batch")
-        rule = _rule(name, args, kwargs, where)
-        site = _Site(name, where, rule, first.shape)
-        self.sites.append(site)
-        self.calls.append((name, site))
-        return func(*args, **kwargs)
-
-    def _collect(self, site: _Site, z: Tensor) -> None:
-        assert self.indices is not None
-        count, groups = len(self.indices), self.groups
-        values = z.detach().reshape(count, *site.shape).float()
-        terms = [site.rule.derivative(values)] if self.empirical else [values, values.square()]
-        if site.sums is None:
-            site.sums = values.new_zeros((len(terms), groups, *site.shape))
-        for sums, term in zip(site.sums, terms, strict=True):
-            if count % groups == 0 and self.indices[0] % groups == 0:  # one op: k % G = row % G
-                sums += term.view(count // groups, groups, *site.shape).sum(dim=0)
-            else:
-                for row, index in enumerate(self.indices):
-                    sums[index % groups] += term[row]
-
-
-class _Gated(torch.autograd.Function):
-    """y = f(x) forward; backward multiplies the upstream gradient by the site's gate."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, fn: Callable[[Tensor], Tensor], site: _Site) -> Tensor:
-        ctx.site = site
-        return fn(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        gate = ctx.site.gate  # read at backward time: one graph serves every gate set
-        return grad * gate.to(grad.dtype), None, None
-
-
-@contextmanager
-def _module_names(model: nn.Module) -> Iterator[list[str]]:
-    """A stack of the qualified names of the modules running now (for error messages)."""
-    stack: list[str] = []
-
-    def enter(name: str) -> Callable[..., None]:
-        return lambda *_: stack.append(name or "the model")
-
-    def leave(*_: Any) -> None:
-        stack.pop()
-
-    handles = []
-    for name, module in model.named_modules():
-        handles.append(module.register_forward_pre_hook(enter(name)))
-        handles.append(module.register_forward_hook(leave))
-    try:
-        yield stack
-    finally:
-        for handle in handles:
-            handle.remove()
-
 
 @dataclass(frozen=True)
 class Validation:
@@ -385,9 +130,9 @@ def mean_field(
     x = x.detach()
     n = x.shape[0]
     with explaining(model):
-        mode = _Mode(n, groups, gates == "empirical", [])
+        mode = GateMode(n, groups, gates == "empirical", [])
         leaf = x.clone().requires_grad_(True)
-        with torch.enable_grad(), _module_names(model) as names:
+        with torch.enable_grad(), module_names(model) as names:
             mode.names = names
             with mode:
                 clean_output = model(leaf).detach()  # its graph is freed here
@@ -436,11 +181,11 @@ def _check_arguments(x: object, method: str, gates: str, noise: object, stdev: o
     if noise is not None and stdev is not None:
         raise ValueError("give either noise (relative) or stdev (absolute), not both")
     for name, level in (("noise", noise), ("stdev", stdev)):
-        if level is not None and not (isinstance(level, _FLOAT) and 0 <= level < math.inf):
+        if level is not None and not (isinstance(level, int | float) and 0 <= level < math.inf):
             raise ValueError(f"{name} must be a finite number >= 0, got {level!r}")
 
 
-def _collect(model: nn.Module, mode: _Mode, x: Tensor, sigma: Tensor, target: targets.Resolved,
+def _collect(model: nn.Module, mode: GateMode, x: Tensor, sigma: Tensor, target: targets.Resolved,
              samples: int, batch_size: int, seed: int,
              progress: Callable[[int], None] | None) -> Tensor | None:
     """Run the noisy forward passes, adding to every site's sums; return flips per example."""
@@ -469,7 +214,7 @@ def _collect(model: nn.Module, mode: _Mode, x: Tensor, sigma: Tensor, target: ta
     return flips
 
 
-def _gates(mode: _Mode, drop: int | None, samples: int) -> None:
+def _gates(mode: GateMode, drop: int | None, samples: int) -> None:
     """Set every site's gate from its sums, leaving out group `drop` (the jackknife)."""
     for site in mode.sites:
         if site.sums is None:
@@ -487,7 +232,7 @@ def _gates(mode: _Mode, drop: int | None, samples: int) -> None:
         site.gate = site.rule.expected(mean, variance.clamp(min=0).sqrt())
 
 
-def _backward(model: nn.Module, mode: _Mode, x: Tensor, target: targets.Resolved,
+def _backward(model: nn.Module, mode: GateMode, x: Tensor, target: targets.Resolved,
               samples: int) -> list[Tensor]:
     """The gated gradient for all groups, then leaving out each group in turn."""
     leaf = x.clone().requires_grad_(True)

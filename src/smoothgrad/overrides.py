@@ -34,7 +34,7 @@ from torch.overrides import TorchFunctionMode
 
 __all__ = [
     "GUIDED", "RESCALED", "RULES", "Rescaling", "Rule", "graph_nodes", "guide_rectifiers",
-    "node_kind", "unmodified_by_deeplift",
+    "intercepted", "node_kind", "unmodified_by_deeplift",
 ]
 
 
@@ -179,6 +179,14 @@ class _Rescale(torch.autograd.Function):
         return torch.where(flat, local.to(wide), multiplier).to(grad.dtype), None, None, None, None
 
 
+def intercepted(
+    func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None
+) -> tuple[str, Any, dict[str, Any]]:
+    """A call a `TorchFunctionMode` intercepted: the function's name, its first argument
+    (the tensor an activation acts on) and its keyword arguments."""
+    return getattr(func, "__name__", ""), (args[0] if args else None), kwargs or {}
+
+
 class _RescaleMode(TorchFunctionMode):
     """Records the baseline pass's nonlinearities, then rescales the input pass's in order."""
 
@@ -191,9 +199,7 @@ class _RescaleMode(TorchFunctionMode):
     def __torch_function__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
     ) -> Any:
-        kwargs = kwargs or {}
-        name = getattr(func, "__name__", "")
-        first = args[0] if args else None
+        name, first, kwargs = intercepted(func, args, kwargs)
         if name not in RESCALED or not isinstance(first, Tensor):
             return func(*args, **kwargs)
         inplace = name.endswith("_") or kwargs.get("inplace") is True or (
