@@ -37,6 +37,8 @@ from PIL import Image
 from torch import Tensor, nn
 
 from smoothgrad import viz
+from smoothgrad.methods import title as method_title
+from smoothgrad.stats import AGGREGATE_TITLES
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -44,30 +46,14 @@ if TYPE_CHECKING:
     from smoothgrad.result import SmoothResult
 
 __all__ = [
-    "Panels", "caption", "figure", "html", "input_picture", "map_picture", "method_title", "row",
+    "Panels", "caption", "figure", "html", "input_picture", "map_picture", "row",
     "show",
 ]
 
-_TITLES = {
-    "gradient": "Gradient",
-    "input_x_gradient": "Gradient × Input",
-    "guided_backprop": "Guided Backprop",
-    "integrated_gradients": "Integrated Gradients",
-    "deeplift": "DeepLIFT",
-}
-_SMOOTHED = {"mean": "SmoothGrad", "abs": "SmoothGrad |·|", "square": "SmoothGrad²",
-             "var": "VarGrad"}
 _PANEL_PIXELS = 224
 """Panels are drawn this many pixels wide in notebooks (maps are resized, nearest)."""
 
 
-def method_title(method: str) -> str:
-    """A base method's name for figure titles: ``"guided_backprop"`` -> ``"Guided Backprop"``.
-
-    >>> method_title("deeplift")
-    'DeepLIFT'
-    """
-    return _TITLES.get(method, method.replace("_", " ").capitalize())
 
 
 def input_picture(x: Tensor) -> npt.NDArray[np.uint8]:
@@ -254,7 +240,7 @@ def show(
         labels = labels if labels is not None else getattr(model, "labels", None)
     title = method_title(result.method)
     titles = (["Input"] if x is not None else []) + ([title] if plain is not None else []) + [
-        f"{_SMOOTHED.get(result.aggregate, result.aggregate)} + {title}", "Standard error"]
+        f"{AGGREGATE_TITLES.get(result.aggregate, result.aggregate)} + {title}", "Standard error"]
     rows = []
     for i in range(count):
         row = [input_picture(x[i])] if x is not None else []

@@ -17,10 +17,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["AGGREGATES", "PairMoments", "RunningMoments", "SampleStats"]
+__all__ = ["AGGREGATES", "AGGREGATE_TITLES", "PairMoments", "RunningMoments", "SampleStats"]
 
 AGGREGATES = ("mean", "abs", "square", "var")
 """mean: SmoothGrad; abs: mean of |M|; square: SmoothGrad² (mean of M²); var: VarGrad."""
+
+AGGREGATE_TITLES = {"mean": "SmoothGrad", "abs": "SmoothGrad |·|", "square": "SmoothGrad²",
+                    "var": "VarGrad"}
+"""Each aggregate's name as figures, tables and pages show it."""
 
 
 def _stats_dtype(device: torch.device | str) -> torch.dtype:

@@ -18,16 +18,9 @@ from smoothgrad import evaluation, models
 from smoothgrad.cli.parser import UsageError
 from smoothgrad.files import csv_text, write_atomically
 
-__all__ = ["DEMO_METHODS", "TITLES", "check_output_file", "load_model", "progress_bars", "say",
+__all__ = ["DEMO_METHODS", "check_output_file", "load_model", "progress_bars", "say",
            "target_of", "unique_names", "write_tables"]
 
-TITLES = {
-    "gradient": "Gradient",
-    "input_x_gradient": "Gradient × Input",
-    "guided_backprop": "Guided Backprop",
-    "integrated_gradients": "Integrated Gradients",
-    "deeplift": "DeepLIFT",
-}
 DEMO_METHODS = ("gradient", "guided_backprop")
 
 

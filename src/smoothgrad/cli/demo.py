@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from smoothgrad import images, viz
-from smoothgrad.cli.common import DEMO_METHODS, TITLES, load_model, say
+from smoothgrad.cli.common import DEMO_METHODS, load_model, say
 from smoothgrad.cli.explain import describe, explain_image, method_figure
 from smoothgrad.cli.options import (
     add_figure_options,
@@ -21,6 +21,7 @@ from smoothgrad.cli.options import (
     style,
 )
 from smoothgrad.cli.parser import subcommand
+from smoothgrad.methods import title
 
 __all__ = ["add", "run"]
 
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
             say(args, describe(item, None, model.labels, predictions=method == DEMO_METHODS[0]))
         figure = method_figure(items, shown, model.crop)
         for path in viz.save(figure, args.out / method, ["png"]):
-            say(args, f"wrote {path}: Input | {TITLES[method]} | SmoothGrad + {TITLES[method]} "
+            say(args, f"wrote {path}: Input | {title(method)} | SmoothGrad + {title(method)} "
                       f"for {', '.join(loaded)}")
     return 0
 

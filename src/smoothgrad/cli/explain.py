@@ -18,7 +18,7 @@ from PIL import Image
 from torch import Tensor
 
 from smoothgrad import images, models, viz
-from smoothgrad.cli.common import TITLES, load_model, say, target_of, unique_names
+from smoothgrad.cli.common import load_model, say, target_of, unique_names
 from smoothgrad.cli.options import (
     add_figure_options,
     add_method_option,
@@ -33,6 +33,7 @@ from smoothgrad.cli.parser import Parser, subcommand
 from smoothgrad.config import SmoothConfig
 from smoothgrad.engine import SmoothResult, smooth
 from smoothgrad.files import Data, npy_bytes, write_all
+from smoothgrad.methods import title as method_title
 
 __all__ = ["Explained", "add", "describe", "explain_image", "method_figure", "run"]
 
@@ -95,7 +96,7 @@ def method_figure(items: Sequence[Explained], shown: viz.Style,
     rows = [viz.Row(picture(item.image),
                     [shown.process(item.plain[0]), shown.process(item.smoothed.attribution[0])],
                     f"{item.top5[0][0]} {item.top5[0][1]:.2f}") for item in items]
-    title = TITLES[items[0].method]
+    title = method_title(items[0].method)
     smoothed = SMOOTHED[items[0].smoothed.aggregate]
     return viz.comparison_figure(rows, titles=("Input", title, f"{smoothed} +\n{title}"),
                                  **shown.colors)

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from smoothgrad import evaluation, images, viz
+from smoothgrad import evaluation, images, methods, viz
 from smoothgrad.cli import common
 from smoothgrad.cli.options import (
     add_evaluation_options,
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     name = common.unique_names([args.image])[0]
     x = model.preprocess(image)
     explained = model.top_k(x, 1)[0][0] if target is None else model.labels[target]
-    smoothed = f"{evaluation.SMOOTHING_NAMES[args.aggregate]} + {common.TITLES[args.method]}"
+    smoothed = f"{evaluation.SMOOTHING_NAMES[args.aggregate]} + {methods.title(args.method)}"
     common.say(args, f"{name}: {smoothed}, explaining {explained!r}")
     result = evaluation.sweep(
         model, x, method=args.method, noises=args.noise, samples=args.samples,

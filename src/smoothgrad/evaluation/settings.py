@@ -13,6 +13,7 @@ from torch import Tensor
 
 from smoothgrad.engine import default_batch_size
 from smoothgrad.metrics import SCORES, Score
+from smoothgrad.stats import AGGREGATE_TITLES
 
 __all__ = [
     "COLUMNS", "DEFAULT_METRICS", "METRICS", "METRIC_SCORES", "SMOOTHING_NAMES",
@@ -36,8 +37,7 @@ METRIC_SCORES = {"total_variation": ("total_variation",), "gini": ("gini",),
                  "randomization": ("randomization_spearman",)}
 """Metric name -> the keys of the scores it adds to a row."""
 
-SMOOTHING_NAMES = {"none": "plain", "mean": "SmoothGrad", "abs": "SmoothGrad |·|",
-                   "square": "SmoothGrad²", "var": "VarGrad"}
+SMOOTHING_NAMES = {"none": "plain", **AGGREGATE_TITLES}
 
 _INFO = {"image": ("image", "s"), "method": ("method", "s"), "smoothing": ("smoothing", "s"),
          "samples": ("n", "d"), "relative_error": ("rel.err", ".3f"), "flip_rate": ("flip", ".2f")}

@@ -35,6 +35,7 @@ from smoothgrad.targets import Resolved
 
 __all__ = [
     "BY_NAME",
+    "TITLES",
     "Attributed",
     "BaseMethod",
     "Method",
@@ -49,6 +50,7 @@ __all__ = [
     "integrated_gradients",
     "resolve_method",
     "rows_per_input",
+    "title",
 ]
 
 Method = Callable[[nn.Module, Tensor, Resolved],
@@ -65,6 +67,26 @@ BY_NAME: dict[str, BaseMethod] = {
     "grad_cam_plus_plus": grad_cam_plus_plus,
 }
 """The built-in base methods by name."""
+
+TITLES = {
+    "gradient": "Gradient",
+    "input_x_gradient": "Gradient × Input",
+    "guided_backprop": "Guided Backprop",
+    "integrated_gradients": "Integrated Gradients",
+    "deeplift": "DeepLIFT",
+    "grad_cam": "Grad-CAM",
+    "grad_cam_plus_plus": "Grad-CAM++",
+}
+"""The built-in methods' names as figures, pages and printouts show them."""
+
+
+def title(method: str) -> str:
+    """A base method's name for titles: ``"guided_backprop"`` -> ``"Guided Backprop"``.
+
+    >>> title("deeplift"), title("my_method")
+    ('DeepLIFT', 'My method')
+    """
+    return TITLES.get(method, method.replace("_", " ").capitalize())
 
 
 def resolve_method(method: str | Method | Any) -> Method:

@@ -46,13 +46,10 @@ STRIP_SAMPLES = 20
 IG_STEPS = 16
 """Integrated gradients steps on the page (50 in the library): 16 passes per sample."""
 MAX_SAMPLES = 500
-METHODS = {
-    "gradient": "Gradient",
-    "guided_backprop": "Guided Backprop",
-    "input_x_gradient": "Gradient × Input",
-    "integrated_gradients": f"Integrated Gradients ({IG_STEPS} steps)",
-    "deeplift": "DeepLIFT",
-}
+METHODS = {name: methods.title(name) + (f" ({IG_STEPS} steps)" if name == "integrated_gradients"
+                                        else "")
+           for name in ("gradient", "guided_backprop", "input_x_gradient",
+                        "integrated_gradients", "deeplift")}
 MAP_UPDATES = 20
 """The smoothed map is sent about this many times per job (the numbers after every pass)."""
 
