@@ -14,6 +14,7 @@ import contextlib
 import json
 import secrets
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -55,72 +56,101 @@ def create_app(model: LoadedModel, *, model_name: str, workdir: Path,
     Uploads are written to `workdir` only while they are decoded. `allowed_hosts` guards
     against DNS rebinding (None allows any ``Host`` header).
     """
-    static = resources.files("smoothgrad.web") / "static"
     results = Results()
     scheduler = Scheduler(model, results)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            await asyncio.to_thread(scheduler.close)
-
-    async def page(_: Request) -> Response:
-        return FileResponse(str(static / "index.html"), headers={"Cache-Control": "no-cache"})
-
-    async def info(_: Request) -> Response:
-        return JSONResponse({"model": model_name, "methods": METHODS,
-                             "samples": sorted(images.sample_images()),
-                             "max_upload": max_upload, "max_samples": MAX_SAMPLES})
-
-    async def sample(request: Request) -> Response:
-        paths = images.sample_images()
-        name = request.path_params["name"]
-        if name not in paths:
-            return JSONResponse({"error": f"no sample photo {name!r}"}, status_code=404)
-        return FileResponse(paths[name])
-
-    async def download(request: Request) -> Response:
-        name = request.path_params["name"]
-        data = results.get(request.path_params["job"], name)
-        if data is None:
-            return JSONResponse({"error": "no such result (results are kept for the last "
-                                 f"{results.keep} jobs)"}, status_code=404)
-        return Response(data, media_type=_MEDIA[name.rsplit(".", 1)[-1]], headers={
-            "Content-Disposition": f'attachment; filename="smoothgrad-{name}"'})
-
-    async def explain(request: Request) -> Response:
-        try:
-            settings = _settings(request.query_params)
-            image, name = await _image(request, workdir, max_upload)
-        except BadRequest as exc:
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-        def emit(event: dict[str, Any]) -> None:  # called from the worker thread
-            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody listens
-                loop.call_soon_threadsafe(events.put_nowait, event)
-
-        job = Job(image, name, settings, emit)
-        return StreamingResponse(_stream(job, scheduler, events), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
     app = Starlette(
         routes=[
-            Route("/", page),
-            Route("/api/info", info),
-            Route("/api/samples/{name}", sample),
-            Route("/api/explain", explain, methods=["POST"]),
-            Route("/api/results/{job}/{name:str}", download),
-            Mount("/static", StaticFiles(directory=str(static)), name="static"),
+            Route("/", _page),
+            Route("/api/info", _info),
+            Route("/api/samples/{name}", _sample),
+            Route("/api/explain", _explain, methods=["POST"]),
+            Route("/api/results/{job}/{name:str}", _download),
+            Mount("/static", StaticFiles(directory=str(_static())), name="static"),
         ],
         middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or ["*"])],
-        lifespan=lifespan,
+        lifespan=_lifespan,
     )
+    app.state.served = _Served(model_name, workdir, max_upload, results, scheduler)
     app.state.scheduler = scheduler
     return app
+
+
+@dataclass(frozen=True)
+class _Served:
+    """What the page's handlers share (kept on the app's state)."""
+
+    model_name: str
+    workdir: Path
+    max_upload: int
+    results: Results
+    scheduler: Scheduler
+
+
+def _served(request: Request) -> _Served:
+    served: _Served = request.app.state.served
+    return served
+
+
+def _static() -> Any:
+    return resources.files("smoothgrad.web") / "static"
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(app.state.scheduler.close)
+
+
+async def _page(_: Request) -> Response:
+    return FileResponse(str(_static() / "index.html"), headers={"Cache-Control": "no-cache"})
+
+
+async def _info(request: Request) -> Response:
+    served = _served(request)
+    return JSONResponse({"model": served.model_name, "methods": METHODS,
+                         "samples": sorted(images.sample_images()),
+                         "max_upload": served.max_upload, "max_samples": MAX_SAMPLES})
+
+
+async def _sample(request: Request) -> Response:
+    paths = images.sample_images()
+    name = request.path_params["name"]
+    if name not in paths:
+        return JSONResponse({"error": f"no sample photo {name!r}"}, status_code=404)
+    return FileResponse(paths[name])
+
+
+async def _download(request: Request) -> Response:
+    results = _served(request).results
+    name = request.path_params["name"]
+    data = results.get(request.path_params["job"], name)
+    if data is None:
+        return JSONResponse({"error": "no such result (results are kept for the last "
+                             f"{results.keep} jobs)"}, status_code=404)
+    return Response(data, media_type=_MEDIA[name.rsplit(".", 1)[-1]], headers={
+        "Content-Disposition": f'attachment; filename="smoothgrad-{name}"'})
+
+
+async def _explain(request: Request) -> Response:
+    served = _served(request)
+    try:
+        settings = _settings(request.query_params)
+        image, name = await _image(request, served.workdir, served.max_upload)
+    except BadRequest as exc:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    def emit(event: dict[str, Any]) -> None:  # called from the worker thread
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody listens
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+    job = Job(image, name, settings, emit)
+    return StreamingResponse(_stream(job, served.scheduler, events),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 async def _stream(job: Job, scheduler: Scheduler,
