@@ -500,6 +500,26 @@ def test_noise_that_overflows_is_refused(cnn: nn.Module, x: Tensor) -> None:
         sg.smooth(cnn, x, samples=2, noise=1e308)
 
 
+def test_noise_that_overflows_is_refused_for_every_input_kind() -> None:
+    """The non-finite σ check holds for several inputs and a per-feature range too."""
+    linear = seeded(nn.Linear(4, 3)).eval()
+    with pytest.raises(ValueError, match="not finite"):
+        sg.smooth(linear, torch.randn(1, 4), samples=2, noise=1e300,
+                  noise_range=torch.full((4,), 1e30))
+
+    class TwoInputs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.image, self.table = nn.Linear(4, 3), nn.Linear(2, 3)
+
+        def forward(self, image: Tensor, table: Tensor) -> Tensor:
+            return self.image(image) + self.table(table)
+
+    with pytest.raises(ValueError, match="not finite"):
+        sg.smooth(seeded(TwoInputs()).eval(), (torch.randn(1, 4) * 1e30, torch.randn(1, 2)),
+                  samples=2, noise=1e300)
+
+
 def test_a_method_returning_nan_is_an_error(cnn: nn.Module, x: Tensor) -> None:
     with pytest.raises(FloatingPointError, match="non-finite"):
         sg.smooth(cnn, x, samples=2, method=lambda m, batch, t: batch * float("nan"))

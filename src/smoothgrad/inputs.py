@@ -49,7 +49,7 @@ from smoothgrad.layers import (
     sequence_normal,
     substituted,
 )
-from smoothgrad.noise import noise_scale
+from smoothgrad.noise import checked_sigma, example_range, noise_scale
 from smoothgrad.outputs import OutputFn, check_output_fn, pick
 
 __all__ = ["Extras", "Subject", "bind", "examples", "layer_output", "per_rows", "prepare",
@@ -161,8 +161,7 @@ class Subject:
             return _absolute(_one(stdev, "stdev"), x, "stdev")
         if noise_range is not None:
             return noise * _absolute(_one(noise_range, "noise_range"), x, "noise_range")
-        spread = masked_range(x, self.mask) if self.mask is not None else (
-            x.flatten(1).amax(dim=1) - x.flatten(1).amin(dim=1))
+        spread = masked_range(x, self.mask) if self.mask is not None else example_range(x)
         return spread * noise
 
     def _several_sigma(self, noise: float, stdev: Stdev | None,
@@ -170,8 +169,7 @@ class Subject:
         name, given = ("stdev", stdev) if stdev is not None else ("noise_range", noise_range)
         floats = [self.inputs[i] for i in self.floating]
         if given is None:
-            spreads = [x.flatten(1).amax(dim=1) - x.flatten(1).amin(dim=1) for x in floats]
-            per_input = [noise * spread for spread in spreads]
+            per_input = [noise * example_range(x) for x in floats]
         else:
             values = list(given) if isinstance(given, Sequence) else [given] * len(floats)
             if len(values) != len(floats):
@@ -339,7 +337,10 @@ class Extras:
         if (subject.mask is None and not subject.several and self.noise_range is None
                 and not isinstance(stdev, Tensor | Sequence)):
             return noise_scale(x, options.noise, stdev)
-        return subject.sigma(options.noise or 0.0, stdev, self.noise_range)
+        given = ("stdev" if stdev is not None else
+                 f"noise={options.noise}" + (" with noise_range" if self.noise_range is not None
+                                             else ""))
+        return checked_sigma(subject.sigma(options.noise or 0.0, stdev, self.noise_range), given)
 
 
 def _per_example_if_uniform(sigma: Tensor) -> Tensor:

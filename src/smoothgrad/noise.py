@@ -18,7 +18,7 @@ from torch import Tensor
 
 from smoothgrad.config import DEFAULT_NOISE
 
-__all__ = ["noise_scale", "sample_seed", "standard_normal"]
+__all__ = ["checked_sigma", "example_range", "noise_scale", "sample_seed", "standard_normal"]
 
 
 def sample_seed(seed: int, index: int) -> int:
@@ -55,9 +55,7 @@ def noise_scale(x: Tensor, noise: float | None, stdev: float | None) -> Tensor:
     """Per-example noise standard deviation, shape `(N,)`.
 
     Relative (`noise` times each example's max − min; DEFAULT_NOISE when None) unless an
-    absolute `stdev` is given. Policy: a σ that is not finite (`noise=1e308` on a wide range
-    overflows) is refused with a ValueError, since it would give an all-zero or NaN map that
-    looks converged.
+    absolute `stdev` is given; checked by `checked_sigma`.
 
     Example:
         >>> noise_scale(torch.tensor([[0.0, 2.0], [1.0, 1.5]]), 0.1, None)
@@ -66,11 +64,28 @@ def noise_scale(x: Tensor, noise: float | None, stdev: float | None) -> Tensor:
     if stdev is not None:
         sigma = torch.full((x.shape[0],), float(stdev), device=x.device, dtype=x.dtype)
     else:
-        flat = x.reshape(x.shape[0], -1)
-        spread = flat.amax(dim=1) - flat.amin(dim=1)
-        sigma = spread * float(DEFAULT_NOISE if noise is None else noise)
+        sigma = example_range(x) * float(DEFAULT_NOISE if noise is None else noise)
+    return checked_sigma(sigma, f"stdev={stdev}" if stdev is not None else f"noise={noise}")
+
+
+def example_range(x: Tensor) -> Tensor:
+    """max − min of each example of the batch `x`, shape `(N,)`.
+
+    Example:
+        >>> example_range(torch.tensor([[0.0, 2.0], [1.0, 1.5]]))
+        tensor([2.0000, 0.5000])
+    """
+    flat = x.reshape(x.shape[0], -1)
+    return flat.amax(dim=1) - flat.amin(dim=1)
+
+
+def checked_sigma(sigma: Tensor, given: str) -> Tensor:
+    """`sigma`, refused with a ValueError naming the option `given` unless finite.
+
+    Policy: a σ that is not finite (`noise=1e308` on a wide range overflows) is refused,
+    since it would give an all-zero or NaN map that looks converged.
+    """
     if not bool(torch.isfinite(sigma).all()):
-        given = f"stdev={stdev}" if stdev is not None else f"noise={noise}"
-        raise ValueError(f"{given} gives a noise σ that is not finite in {x.dtype} "
+        raise ValueError(f"{given} gives a noise σ that is not finite in {sigma.dtype} "
                          f"(σ = {sigma.max().item():.3g}); use a smaller value")
     return sigma
