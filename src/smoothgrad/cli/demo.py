@@ -21,6 +21,7 @@ from smoothgrad.cli.options import (
     style,
 )
 from smoothgrad.cli.parser import subcommand
+from smoothgrad.config import DEFAULT_NOISE
 from smoothgrad.methods import title
 
 __all__ = ["add", "run"]
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = {name: images.load(path) for name, path in samples.items()}
     args.out.mkdir(parents=True, exist_ok=True)
     sigma = (f"σ={args.stdev}" if args.stdev is not None
-             else f"σ={0.15 if args.noise is None else args.noise:.0%} of the input range")
+             else f"σ={DEFAULT_NOISE if args.noise is None else args.noise:.0%} of the input range")
     say(args, f"model {args.model}, {args.samples} samples, {sigma}, seed {args.seed}")
     for method in DEMO_METHODS:
         items = [explain_image(model, name, image, config.replace(method=method), None,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from smoothgrad import evaluation, models, viz
-from smoothgrad.config import SmoothConfig
+from smoothgrad.config import DEFAULT_NOISE, SmoothConfig
 from smoothgrad.methods import BY_NAME
 from smoothgrad.stats import AGGREGATES
 
@@ -119,7 +119,8 @@ def add_smoothing_options(parser: argparse.ArgumentParser, *, aggregate: bool = 
                         help="with --samples auto: at most this many copies (default: 500)")
     sigma = parser.add_mutually_exclusive_group()
     sigma.add_argument("--noise", type=non_negative_float, default=None,
-                       help="noise σ as a fraction of each input's value range (default: 0.15)")
+                       help="noise σ as a fraction of each input's value range "
+                            f"(default: {DEFAULT_NOISE})")
     sigma.add_argument("--stdev", type=non_negative_float, default=None,
                        help="absolute noise σ instead of --noise")
     if aggregate:

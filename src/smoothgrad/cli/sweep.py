@@ -24,6 +24,7 @@ from smoothgrad.cli.options import (
     style,
 )
 from smoothgrad.cli.parser import UsageError, subcommand
+from smoothgrad.config import DEFAULT_NOISE
 from smoothgrad.stats import AGGREGATES
 
 __all__ = ["add", "run"]
@@ -110,8 +111,8 @@ def add(commands: Any) -> None:
     parser.add_argument("--samples", type=list_arg(positive_int), metavar="LIST",
                         default=[2, 5, 20, 50, 100],
                         help="sample counts of the second row (default: 2,5,20,50,100)")
-    parser.add_argument("--at-noise", type=non_negative_float, default=0.15, metavar="σ",
-                        help="noise level of the samples row (default: 0.15)")
+    parser.add_argument("--at-noise", type=non_negative_float, default=DEFAULT_NOISE, metavar="σ",
+                        help=f"noise level of the samples row (default: {DEFAULT_NOISE})")
     parser.add_argument("--at-samples", type=positive_int, default=50, metavar="N",
                         help="samples per map of the noise row (default: 50)")
     parser.add_argument("--reference-samples", type=positive_int, default=500, metavar="N",

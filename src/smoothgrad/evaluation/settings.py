@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from smoothgrad.config import DEFAULT_NOISE
 from smoothgrad.engine import default_batch_size
 from smoothgrad.metrics import SCORES, Score
 from smoothgrad.stats import AGGREGATE_TITLES
@@ -143,7 +144,7 @@ class SweepSettings(_Settings):
     method: str | Callable[..., Tensor] = "gradient"
     noises: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
     samples: tuple[int, ...] = (2, 5, 20, 50, 100)
-    at_noise: float = 0.15
+    at_noise: float = DEFAULT_NOISE
     at_samples: int = 50
     reference_samples: int = 500
     seed: int = 0

@@ -29,6 +29,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from smoothgrad import images
+from smoothgrad.config import DEFAULT_NOISE
 from smoothgrad.models import LoadedModel
 from smoothgrad.web.jobs import MAX_SAMPLES, METHODS, Job, Results, Scheduler, Settings
 
@@ -174,7 +175,7 @@ async def _stream(job: Job, scheduler: Scheduler,
 def _settings(query: Any) -> Settings:
     try:
         return Settings(method=query.get("method", "gradient"),
-                        noise=float(query.get("noise", "0.15")),
+                        noise=float(query.get("noise", DEFAULT_NOISE)),
                         samples=int(query.get("samples", "50")),
                         strip=query.get("strip", "1") not in ("0", "false", ""),
                         seed=int(query.get("seed", "0")))

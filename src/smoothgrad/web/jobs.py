@@ -29,6 +29,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from smoothgrad import display, methods
+from smoothgrad.config import DEFAULT_NOISE
 from smoothgrad.engine import smooth
 from smoothgrad.files import one_line
 from smoothgrad.models import LoadedModel
@@ -63,7 +64,7 @@ class Settings:
     """What the page asked for: method name, relative σ, samples, whether to draw the strip."""
 
     method: str = "gradient"
-    noise: float = 0.15
+    noise: float = DEFAULT_NOISE
     samples: int = 50
     strip: bool = True
     seed: int = 0
