@@ -159,6 +159,25 @@ def test_tables_render_missing_values() -> None:
     assert json.loads(evaluation.to_json({"n": 2}, rows))["rows"][1]["gini"] is None
 
 
+def test_table_prints_one_number_layout_per_column() -> None:
+    # issue 23: infidelity printed as `0.4` beside `0.381` (`.3g` per cell)
+    rows = [{"method": "gradient", "smoothing": s, "infidelity": v, "deletion_auc": d}
+            for s, v, d in (("none", 0.4, 0.1), ("mean", 0.38123, 0.0779), ("var", 1.5, 0.18))]
+    lines = evaluation.format_table(rows).splitlines()
+    assert [line.split()[-1] for line in lines[1:]] == ["0.40", "0.38", "1.50"]
+    assert evaluation.format_table(rows[:2]).splitlines()[1].endswith("0.400")  # beside 0.381
+    assert [line.split()[-2] for line in lines[1:]] == ["0.100", "0.078", "0.180"]
+    tiny = [{"infidelity": 2.5e-6}, {"infidelity": 1e-7}, {"infidelity": None}]
+    cells = [line.strip() for line in evaluation.format_table(tiny).splitlines()[1:]]
+    assert cells == ["2.50e-06", "1.00e-07", "–"]
+    sweep_rows = [{"row": "noise", "relative_l2": 0.5}, {"row": "noise", "relative_l2": 1.25}]
+    assert evaluation.format_table(sweep_rows, evaluation.SWEEP_COLUMNS).splitlines()[1].endswith(
+        "0.500")
+    # the CSV keeps every value at full precision, one field per value
+    parsed = list(csv.DictReader(evaluation.to_csv(rows).splitlines()))
+    assert [float(row["infidelity"]) for row in parsed] == [0.4, 0.38123, 1.5]
+
+
 def test_convergence_figure() -> None:
     fig = viz.convergence_figure([2, 8, 32], {"a": [1.0, 0.5, 0.25], "b": [None, 0.4, 0.2]},
                                  tol=0.3)
@@ -168,6 +187,34 @@ def test_convergence_figure() -> None:
     assert list(lines["∝ 1/√n"].get_ydata()) == pytest.approx([1.0, 0.5, 0.25])
     with pytest.raises(ValueError, match="one value per sample count"):
         viz.convergence_figure([2, 8], {"a": [1.0]})
+
+
+def _visible_tick_labels(fig: object, axis: str) -> list[str]:
+    """The non-empty tick labels (major and minor) drawn inside the axis' view limits."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()  # type: ignore[arg-type]
+    ax = fig.axes[0]  # type: ignore[attr-defined]
+    low, high = sorted(ax.get_ylim() if axis == "y" else ax.get_xlim())
+    ticks = [*getattr(ax, f"{axis}axis").get_major_ticks(),
+             *getattr(ax, f"{axis}axis").get_minor_ticks()]
+    return sorted({t.label1.get_text() for t in ticks if t.label1.get_visible()
+                   and t.label1.get_text() and low <= t.get_loc() <= high})
+
+
+def test_convergence_figure_labels_a_range_under_a_decade() -> None:
+    # issue 23: values from 1.3 to 4.6 on a log y axis showed a single tick label ("2")
+    for samples, errors in (([20, 50], {"map vs reference": [4.6, 2.9], "stderr": [1.9, 1.3]}),
+                            ([20, 50, 100], {"a": [1.9, 1.6, 1.5], "b": [1.45, 1.4, 1.3]})):
+        figure = viz.convergence_figure(samples, errors)
+        labels = _visible_tick_labels(figure, "y")
+        assert len(labels) >= 3, labels
+        low, high = sorted(figure.axes[0].get_ylim())
+        values = sorted(float(label) for label in labels)
+        assert values[-1] - values[0] >= (high - low) / 2, labels  # they span the axis
+    wide = viz.convergence_figure([2, 5, 20, 50, 100], {"a": [5.0, 2.0, 0.8, 0.4, 0.2]})
+    assert wide.axes[0].get_yscale() == "log"  # a decade or more: log axis as before
+    assert len(_visible_tick_labels(wide, "y")) >= 3
 
 
 # ------------------------------------------------------------------------------ CLI
