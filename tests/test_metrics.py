@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -88,6 +89,42 @@ def test_gini_uniform_and_one_hot() -> None:
     assert torch.allclose(metrics.gini(one_hot), torch.full((2,), 1 - 1 / n), atol=1e-6)
     dense = torch.randn(1, n, generator=_seeded(0))
     assert 0 < metrics.gini(dense).item() < metrics.gini(one_hot)[0].item()
+
+
+def _quantus() -> object:
+    """Quantus (installed by `make` with --no-deps; see the Makefile), or skip."""
+    return pytest.importorskip("quantus", reason="quantus is installed by make's setup step")
+
+
+def test_gini_equals_quantus_sparseness() -> None:
+    quantus = _quantus()
+    x = torch.rand(4, 3, 10, 10, generator=_seeded(0), dtype=torch.float64)
+    a = torch.randn(4, 1, 10, 10, generator=_seeded(1), dtype=torch.float64)
+    a[1] = a[1].abs() ** 4  # a sparser map
+    sparseness = quantus.Sparseness(abs=True, normalise=False, disable_warnings=True)
+    theirs = torch.tensor(sparseness(model=None, x_batch=x.numpy(), y_batch=np.zeros(4, int),
+                                     a_batch=a.numpy().copy()), dtype=torch.float64)
+    # the same formula: exact once Quantus' 1e-7 shift is applied to ours
+    torch.testing.assert_close(metrics.gini(a.abs() + 1e-7), theirs, rtol=0, atol=1e-12)
+    # and within the shift's effect without it
+    torch.testing.assert_close(metrics.gini(a), theirs, rtol=0, atol=1e-6)
+
+
+def test_gini_of_an_all_zero_map_is_zero_as_in_quantus() -> None:
+    # an all-zero map was NaN; it is a uniform map and scores 0 (documented policy)
+    maps = torch.rand(3, 1, 6, 6, generator=_seeded(0), dtype=torch.float64)
+    maps[1] = 0.0
+    ours = metrics.gini(maps)
+    assert ours[1].item() == 0.0 and torch.isfinite(ours).all()
+    assert metrics.gini(torch.zeros(2, 3, 4, 4)).tolist() == [0.0, 0.0]
+    quantus = _quantus()
+    x = np.random.default_rng(0).random((3, 3, 6, 6))
+    sparseness = quantus.Sparseness(abs=True, normalise=False, disable_warnings=True)
+    theirs = sparseness(model=None, x_batch=x, y_batch=np.zeros(3, int), a_batch=maps.numpy())
+    assert theirs[1] == pytest.approx(0.0, abs=1e-12)  # Quantus' shift gives 0 in a mixed batch
+    with pytest.raises(AssertionError, match="all equal to zero"):  # and refuses a zero batch
+        sparseness(model=None, x_batch=x[:1], y_batch=np.zeros(1, int),
+                   a_batch=np.zeros((1, 1, 6, 6)))
 
 
 def test_total_variation_constant_and_checkerboard() -> None:
