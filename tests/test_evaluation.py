@@ -354,9 +354,9 @@ def test_every_forward_pass_is_bounded_by_batch_size_and_shared_work_is_done_onc
     target = tiny_cnn()(x).argmax(dim=1)
     plain = gradient(tiny_cnn(), x, target)
     assert rows[0]["infidelity"] == pytest.approx(float(metrics.infidelity(
-        tiny_cnn(), x, plain, target, n_perturb=7)[0]), rel=1e-5)
+        tiny_cnn(), x, plain, target, n_perturb_samples=7)[0]), rel=1e-5)
     assert rows[0]["sensitivity_max"] == pytest.approx(float(metrics.sensitivity_max(
-        gradient, tiny_cnn(), x, n_perturb=2)[0]), rel=1e-5)
+        gradient, tiny_cnn(), x, n_perturb_samples=2)[0]), rel=1e-5)
 
 
 def test_settings_objects_validate_and_keywords_override_them() -> None:

@@ -223,7 +223,8 @@ def test_infidelity_matches_captum() -> None:
         )
         assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-7)
     # the seeded default draw is reproducible and is what ``perturbations`` replays
-    drawn = metrics.infidelity(model, x, attribution, target, n_perturb=k, noise_std=0.1)
+    drawn = metrics.infidelity(model, x, attribution, target, n_perturb_samples=k,
+                               noise_std=0.1)
     replayed = metrics.infidelity(
         model,
         x,
@@ -273,14 +274,64 @@ def test_sensitivity_max_matches_captum() -> None:
         target=target,
     )
     assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-7)
-    drawn = metrics.sensitivity_max(gradient, model, x, radius=radius, n_perturb=k, generator=1)
+    drawn = metrics.sensitivity_max(gradient, model, x, perturb_radius=radius,
+                                    n_perturb_samples=k, generator=1)
     assert torch.allclose(drawn, ours)
+
+
+def test_parameter_names_follow_captum() -> None:
+    import inspect
+
+    captum_metrics = pytest.importorskip("captum.metrics")
+    shared = {"infidelity": {"target", "n_perturb_samples", "normalize"},
+              "sensitivity_max": {"perturb_radius", "n_perturb_samples"}}  # target: **kwargs
+    for name, names in shared.items():
+        ours = set(inspect.signature(getattr(metrics, name)).parameters)
+        theirs = set(inspect.signature(getattr(captum_metrics, name)).parameters)
+        assert names <= ours & theirs, (name, names - ours)
+    # the defaults that differ from Captum's are ours on purpose (documented)
+    infidelity = inspect.signature(metrics.infidelity).parameters
+    assert (infidelity["normalize"].default, infidelity["n_perturb_samples"].default) == (True, 50)
+    sensitivity = inspect.signature(metrics.sensitivity_max).parameters
+    assert (sensitivity["perturb_radius"].default,
+            sensitivity["n_perturb_samples"].default) == (0.02, 10)  # Captum's
+
+
+def test_sensitivity_max_equals_quantus_on_the_same_perturbations() -> None:
+    quantus = _quantus()
+    model = tiny_cnn().double()
+    x = torch.randn(3, 3, 10, 10, generator=_seeded(0), dtype=torch.float64)
+    target = model(x).argmax(dim=1)
+    k, radius = 5, 0.2
+    deltas = radius * (2 * torch.rand(3, k, 3, 10, 10, generator=_seeded(1),
+                                      dtype=torch.float64) - 1)
+    step = iter(range(k))
+
+    def replay(arr: np.ndarray, indices: np.ndarray, **_: object) -> np.ndarray:
+        # Quantus perturbs the whole batch once per sample: sample j of every example
+        return arr + deltas[:, next(step)].reshape(arr.shape[0], -1).numpy()
+
+    def explain(model: nn.Module, inputs: np.ndarray, targets: np.ndarray,
+                **_: object) -> np.ndarray:
+        return gradient(model, torch.from_numpy(inputs), torch.from_numpy(targets)).numpy()
+
+    reference = gradient(model, x, target)
+    ours = metrics.sensitivity_max(gradient, model, x, target, perturbations=deltas)
+    max_sensitivity = quantus.MaxSensitivity(
+        nr_samples=k, perturb_func=replay, lower_bound=radius, normalise=False, abs=False,
+        disable_warnings=True)
+    theirs = max_sensitivity(model=model, x_batch=x.numpy(), y_batch=target.numpy(),
+                             a_batch=reference.numpy(), explain_func=explain, device="cpu",
+                             softmax=False)
+    torch.testing.assert_close(ours, torch.tensor(theirs, dtype=torch.float64), rtol=1e-10,
+                               atol=1e-12)
 
 
 def test_sensitivity_max_of_a_constant_explanation_is_zero() -> None:
     model = nn.Linear(6, 3)  # its gradient does not depend on the input
     x = torch.randn(3, 6, generator=_seeded(0))
-    assert torch.equal(metrics.sensitivity_max(gradient, model, x, radius=0.5), torch.zeros(3))
+    assert torch.equal(metrics.sensitivity_max(gradient, model, x, perturb_radius=0.5),
+                       torch.zeros(3))
 
 
 def test_sensitivity_floor() -> None:

@@ -184,45 +184,51 @@ def blur(x: Tensor, kernel_size: int, sigma: float) -> Tensor:
 
 
 def infidelity(model: nn.Module, x: Tensor, attribution: Tensor, target: Target = None, *,
-               n_perturb: int = 50, noise_std: float = 0.1, perturbations: Tensor | None = None,
-               generator: torch.Generator | int = 0, normalize: bool = True,
-               batch_size: int | None = None) -> Tensor:
+               n_perturb_samples: int = 50, noise_std: float = 0.1,
+               perturbations: Tensor | None = None, generator: torch.Generator | int = 0,
+               normalize: bool = True, batch_size: int | None = None) -> Tensor:
     """Explanation infidelity (Yeh et al. 2019) with Gaussian perturbations, per example ``(N,)``.
 
     ``mean_k (beta * I_k . attribution - (f(x) - f(x - I_k)))^2`` with ``f`` the model's output
     (logit) for ``target`` (default: the clean prediction), ``I_k ~ N(0, noise_std^2)`` i.i.d.
     per element (absolute std, in the units of ``x``), and with ``normalize`` the scale
     ``beta = sum_k (I_k . a)(f(x) - f(x - I_k)) / sum_k (I_k . a)^2`` that makes the score
-    invariant to rescaling the attribution (``beta = 1`` without ``normalize``). This equals
-    ``captum.metrics.infidelity(model, perturb_fn, x, attribution, target=target,
-    normalize=normalize, n_perturb_samples=n_perturb)`` when ``perturb_fn`` returns the same
-    ``I_k`` and ``x - I_k``. ``perturbations`` ``(N, n_perturb, *x.shape[1:])`` supplies the
-    ``I_k`` (then ``n_perturb`` is its second size and ``noise_std``/``generator`` are unused);
-    otherwise they are drawn from ``generator`` (a seed or a ``torch.Generator``). Lower is
-    better. Forward passes run under ``torch.no_grad()``, ``batch_size`` perturbed inputs at a
-    time (default 64). The model's part does not depend on the map: `infidelity_drops` computes
-    it once for several maps, `infidelity_score` scores each.
+    invariant to rescaling the attribution (``beta = 1`` without ``normalize``).
+    ``perturbations`` ``(N, n_perturb_samples, *x.shape[1:])`` supplies the ``I_k`` (then
+    ``noise_std``/``generator`` are unused); otherwise they are drawn from ``generator`` (a
+    seed or a ``torch.Generator``). Lower is better. Forward passes run under
+    ``torch.no_grad()``, ``batch_size`` perturbed inputs at a time (default 64; Captum's
+    ``max_examples_per_batch``). The model's part does not depend on the map:
+    `infidelity_drops` computes it once for several maps, `infidelity_score` scores each.
+
+    This is ``captum.metrics.infidelity(model, perturb_fn, x, attribution, target=target,
+    normalize=normalize, n_perturb_samples=n)`` when ``perturb_fn`` returns the same ``I_k``
+    and ``x - I_k``; the names are Captum's, the defaults are not: Captum has
+    ``normalize=False`` and 10 samples (its scores scale with the map's units), ours
+    ``normalize=True`` and 50. Quantus' ``Infidelity`` is a different metric (square patches
+    replaced by a baseline, no ``beta``): its figures are not comparable with these.
 
     Example:
         >>> model = torch.nn.Linear(4, 3)
         >>> x = torch.rand(2, 4)
         >>> exact = model.weight[model(x).argmax(dim=1)].detach()  # gradient of a linear model
-        >>> infidelity(model, x, exact, n_perturb=10).abs().max() < 1e-9  # exact: zero
+        >>> infidelity(model, x, exact, n_perturb_samples=10).abs().max() < 1e-9  # exact: zero
         tensor(True)
     """
     if attribution.shape != x.shape:
         raise ValueError(f"attribution {attribution.shape} must be shaped like x {x.shape}")
     if perturbations is None:
-        perturbations = gaussian_perturbations(x, n_perturb, noise_std, generator)
+        perturbations = gaussian_perturbations(x, n_perturb_samples, noise_std, generator)
     drops = infidelity_drops(model, x, resolve_target(model, x, target), perturbations,
                              batch_size=batch_size)
     return infidelity_score(attribution, perturbations, drops, normalize=normalize)
 
 
-def gaussian_perturbations(x: Tensor, n_perturb: int, noise_std: float,
+def gaussian_perturbations(x: Tensor, n_perturb_samples: int, noise_std: float,
                            generator: torch.Generator | int = 0) -> Tensor:
-    """``noise_std`` times standard normal noise ``(N, n_perturb, *x.shape[1:])``."""
-    return noise_std * draw("normal", (x.shape[0], n_perturb, *x.shape[1:]), generator, x)
+    """``noise_std`` times standard normal noise ``(N, n_perturb_samples, *x.shape[1:])``."""
+    shape = (x.shape[0], n_perturb_samples, *x.shape[1:])
+    return noise_std * draw("normal", shape, generator, x)
 
 
 def infidelity_drops(model: nn.Module, x: Tensor, target: Tensor, perturbations: Tensor, *,
@@ -231,7 +237,7 @@ def infidelity_drops(model: nn.Module, x: Tensor, target: Tensor, perturbations:
     """``f(x) - f(x - I_k)`` per example and perturbation, ``(N, k)``, for a resolved target;
     ``clean`` is ``f(x)`` ``(N,)`` when the caller has it (one forward pass fewer)."""
     if perturbations.shape[0] != x.shape[0] or perturbations.shape[2:] != x.shape[1:]:
-        raise ValueError(f"perturbations must be (N, n_perturb, ...) for x {x.shape}")
+        raise ValueError(f"perturbations must be (N, n_perturb_samples, ...) for x {x.shape}")
     n, k = perturbations.shape[:2]
     if clean is None:
         clean = target_outputs(model, x, target, batch_size, softmax=False, progress=progress)
