@@ -373,6 +373,42 @@ def test_randomization_check() -> None:
         assert torch.equal(row.spearman_signed, repeat.spearman_signed)
 
 
+def _quantus_mprt_order(model: nn.Module) -> list[str]:
+    """The layers Quantus' MPRT (top_down) randomises, in its order (global RNG kept)."""
+    quantus = _quantus()
+    wrapped = quantus.PyTorchModel(model, channel_first=True, softmax=False, device="cpu")
+    with torch.random.fork_rng(devices=[]):  # Quantus seeds the global RNG for every layer
+        return [name for name, _ in wrapped.get_random_layer_generator(order="top_down")]
+
+
+class NormedCNN(nn.Module):
+    """Nested modules, a BatchNorm without affine parameters (running statistics only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4, affine=False),
+                                  nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.stem(x))
+
+
+def test_randomization_layer_order_is_quantus_mprt_order() -> None:
+    x = torch.randn(2, 3, 16, 16, generator=_seeded(0))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        normed = NormedCNN().eval()
+        normed.stem[1].running_mean.uniform_(-1, 1)  # trained statistics, not the defaults
+    for model in (tiny_cnn(), normed):
+        rows = metrics.randomization_check(gradient, model, x, seed=0)
+        assert [row.layer for row in rows[1:-1]] == _quantus_mprt_order(model)
+    # the running statistics of the BatchNorm are re-initialised too (Quantus resets them)
+    rows = metrics.randomization_check(gradient, normed, x, seed=0)
+    assert [row.layer for row in rows] == ["original", "head.2", "stem.1", "stem.0",
+                                           "random map"]
+
+
 def test_randomization_check_explicit_layers() -> None:
     model = tiny_cnn()
     x = torch.randn(1, 3, 16, 16, generator=_seeded(0))
