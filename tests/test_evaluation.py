@@ -359,6 +359,32 @@ def test_every_forward_pass_is_bounded_by_batch_size_and_shared_work_is_done_onc
         gradient, tiny_cnn(), x, n_perturb_samples=2)[0]), rel=1e-5)
 
 
+def test_curve_and_infidelity_options_reach_the_metrics() -> None:
+    model, x = tiny_cnn(), batch(1)
+    target = model(x).argmax(dim=1)
+    plain = gradient(model, x, target)
+    for options, curve_options, normalize in (
+            ({"substrate": "zeros", "steps": 4}, {"substrate": "zeros", "steps": 4}, True),
+            ({"rise": True}, {"rise": True}, True),
+            ({"infidelity_normalize": False, "steps": 4}, {"steps": 4}, False)):
+        rows = evaluation.evaluate(model, x, methods=["gradient"], aggregates=[],
+                                   metrics=["deletion", "insertion", "infidelity"], **options)
+        row = rows[0]
+        assert row["deletion_auc"] == pytest.approx(float(metrics.deletion_auc(
+            model, x, plain, target, reduce="abs", **curve_options)[0]), rel=1e-5), options
+        assert row["insertion_auc"] == pytest.approx(float(metrics.insertion_auc(
+            model, x, plain, target, reduce="abs", **curve_options)[0]), rel=1e-5), options
+        assert row["infidelity"] == pytest.approx(float(metrics.infidelity(
+            model, x, plain, target, normalize=normalize)[0]), rel=1e-5), options
+    assert evaluation.MetricOptions().substrates() == {"deletion": "mean", "insertion": "blur"}
+    assert evaluation.MetricOptions(rise=True).substrates() == {"deletion": "zeros",
+                                                                "insertion": "blur"}
+    with pytest.raises(ValueError, match="substrate must be one of"):
+        evaluation.MetricOptions(substrate="black")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="leave steps and substrate out"):
+        evaluation.MetricOptions(rise=True, steps=50)
+
+
 def test_settings_objects_validate_and_keywords_override_them() -> None:
     base = evaluation.Evaluation(methods=("gradient",), aggregates=("mean",))
     config = evaluation.Evaluation.of(steps=3, samples=2)

@@ -192,6 +192,122 @@ def test_deletion_curve_protocol() -> None:
     assert torch.allclose(insertion.scores[:, -1], probs)
 
 
+def test_substrates_are_what_deletion_ends_at_and_insertion_starts_from() -> None:
+    model = tiny_cnn()
+    x = torch.randn(2, 3, 16, 16, generator=_seeded(0))
+    attribution = torch.rand(2, 16, 16, generator=_seeded(1))
+    target = model(x).argmax(dim=1)
+
+    def probability(images: Tensor) -> Tensor:
+        return model(images).softmax(dim=1)[torch.arange(2), target]
+
+    images = {"zeros": torch.zeros_like(x), "mean": x.mean(dim=(2, 3), keepdim=True) + 0 * x,
+              "blur": metrics.faithfulness.blur(x, 11, 5.0)}
+    for name, image in images.items():
+        deletion = metrics.deletion_curve(model, x, attribution, substrate=name, steps=4)
+        insertion = metrics.insertion_curve(model, x, attribution, substrate=name, steps=4)
+        torch.testing.assert_close(deletion.scores[:, -1], probability(image))
+        torch.testing.assert_close(insertion.scores[:, 0], probability(image))
+    # the defaults are unchanged: deletion to the mean colour, insertion from the blur
+    torch.testing.assert_close(metrics.deletion_auc(model, x, attribution, steps=4),
+                               metrics.deletion_auc(model, x, attribution, steps=4,
+                                                    substrate="mean"))
+    torch.testing.assert_close(metrics.insertion_auc(model, x, attribution, steps=4),
+                               metrics.insertion_auc(model, x, attribution, steps=4,
+                                                     substrate="blur"))
+    with pytest.raises(ValueError, match="substrate must be one of"):
+        metrics.deletion_curve(model, x, attribution, substrate="black")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="leave steps and substrate out"):
+        metrics.deletion_curve(model, x, attribution, rise=True, steps=10)
+    with pytest.raises(ValueError, match="leave steps and substrate out"):
+        metrics.insertion_curve(model, x, attribution, rise=True, substrate="blur")
+
+
+def _rise_reference(model: nn.Module, image: Tensor, saliency: np.ndarray, mode: str,
+                    substrate: Tensor) -> np.ndarray:
+    """RISE's CausalMetric.single_run (evaluation.py, Petsiuk et al.), rewritten: steps of 224
+    pixels of a 224x224 image, softmax probability of the clean top class."""
+    pixels, step = 224 * 224, 224
+    n_steps = (pixels + step - 1) // step
+    with torch.no_grad():
+        top = int(model(image).argmax(dim=1))
+        start, finish = (image.clone(), substrate) if mode == "del" else (substrate.clone(), image)
+        order = np.flip(np.argsort(saliency.reshape(-1, pixels), axis=1), axis=-1)
+        scores = np.empty(n_steps + 1)
+        for i in range(n_steps + 1):
+            scores[i] = float(model(start).softmax(dim=1)[0, top])
+            if i < n_steps:
+                coords = torch.from_numpy(order[0, step * i : step * (i + 1)].copy())
+                start.view(1, 3, pixels)[0, :, coords] = finish.view(1, 3, pixels)[0, :, coords]
+    return scores
+
+
+def _rise_auc(scores: np.ndarray) -> float:
+    """RISE's auc(): the trapezoid over evenly spaced steps, normalised to [0, 1]."""
+    return float((scores.sum() - scores[0] / 2 - scores[-1] / 2) / (scores.shape[0] - 1))
+
+
+def _rise_blur(x: Tensor) -> Tensor:
+    """RISE's insertion substrate: gkern(11, 5) (an impulse through gaussian_filter), zero
+    padding, one channel at a time."""
+    ndimage = pytest.importorskip("scipy.ndimage")
+    impulse = np.zeros((11, 11))
+    impulse[5, 5] = 1
+    kernel = torch.zeros(3, 3, 11, 11)
+    for c in range(3):
+        kernel[c, c] = torch.from_numpy(ndimage.gaussian_filter(impulse, 5).astype("float32"))
+    return torch.nn.functional.conv2d(x, kernel, padding=5)
+
+
+def test_rise_mode_equals_rise_deletion_and_insertion() -> None:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 4, 8, stride=8), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
+                              nn.Flatten(), nn.Linear(64, 5)).eval()
+    x = torch.randn(2, 3, 224, 224, generator=_seeded(0))
+    saliency = torch.rand(2, 224, 224, generator=_seeded(1), dtype=torch.float64)
+    torch.testing.assert_close(metrics.faithfulness.blur(x, 11, 5.0, rise=True), _rise_blur(x),
+                               rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(metrics.faithfulness.blur(x, 11, 5.0), _rise_blur(x), atol=1e-2)
+    deletion = metrics.deletion_curve(model, x, saliency, rise=True)
+    insertion = metrics.insertion_curve(model, x, saliency, rise=True)
+    assert deletion.scores.shape == (2, 225)
+    for i in range(2):
+        image, order = x[i : i + 1], saliency[i].numpy()
+        expected = _rise_reference(model, image, order, "del", torch.zeros_like(image))
+        np.testing.assert_allclose(deletion.scores[i].numpy(), expected, atol=1e-6)
+        assert deletion.auc[i].item() == pytest.approx(_rise_auc(expected), abs=1e-6)
+        expected = _rise_reference(model, image, order, "ins", _rise_blur(image))
+        np.testing.assert_allclose(insertion.scores[i].numpy(), expected, atol=1e-5)
+        assert insertion.auc[i].item() == pytest.approx(_rise_auc(expected), abs=1e-5)
+
+
+def test_deletion_with_zeros_is_quantus_pixel_flipping_on_black_images() -> None:
+    # Quantus' PixelFlipping fills with the image's minimum ("black"), has no point before the
+    # first step and integrates with unit spacing: on images whose minimum is 0 its curve is
+    # ours without the first point and its AUC is ours times the steps, less (s0 + s1) / 2
+    quantus = _quantus()
+    model = tiny_cnn()
+    x = torch.rand(2, 3, 12, 12, generator=_seeded(0))
+    x[:, :, 0, 0] = 0.0
+    saliency = torch.rand(2, 1, 12, 12, generator=_seeded(1))
+    target = model(x).argmax(dim=1)
+    steps = 36  # 4 pixels, 12 features a step (Quantus wants a divisor of H W)
+    ours = metrics.deletion_curve(model, x, saliency[:, 0], target, steps=steps,
+                                  substrate="zeros")
+    flipping = quantus.PixelFlipping(features_in_step=3 * 144 // steps, perturb_baseline="black",
+                                     normalise=False, abs=False, disable_warnings=True)
+    kwargs = {"model": model, "x_batch": x.numpy(), "y_batch": target.numpy(),
+              "a_batch": saliency.expand(-1, 3, -1, -1).numpy().copy(), "device": "cpu"}
+    theirs = torch.tensor(flipping(**kwargs))
+    torch.testing.assert_close(ours.scores[:, 1:], theirs, rtol=1e-5, atol=1e-6)
+    # Quantus' AUC is np.trapz(curve, dx=1) (utils.calculate_auc; numpy 2.4 dropped trapz)
+    auc = torch.tensor(np.trapezoid(theirs.numpy(), dx=1, axis=1))
+    torch.testing.assert_close(ours.auc * steps,
+                               auc + (ours.scores[:, 0] + ours.scores[:, 1]) / 2,
+                               rtol=1e-5, atol=1e-6)
+
+
 # ------------------------------------------------------------------ Captum cross-checks
 
 
