@@ -277,6 +277,94 @@ def test_evaluate_command(tmp_path: Path, default_model: nn.Module) -> None:
     assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
 
 
+TINY_MODEL = """
+import numpy as np
+import torch
+from torch import nn
+
+
+def preprocess(image):
+    pixels = np.asarray(image.convert("RGB").resize((48, 48)), dtype=np.float32)
+    return (torch.from_numpy(pixels).permute(2, 0, 1)[None] - 127.0) / 128.0
+
+
+def build():
+    generator = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 4, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                          nn.Flatten(), nn.Linear(16, 5))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    return model.eval(), preprocess
+"""
+
+
+def _scores(capsys: pytest.CaptureFixture[str], tmp_path: Path, *args: str
+            ) -> tuple[dict[str, object], list[dict[str, object]], str]:
+    """Run a command on a tiny model (48x48 inputs: RISE's 224-pixel steps are 11 steps);
+    its JSON settings, rows and printed table."""
+    (tmp_path / "tiny_model.py").write_text(TINY_MODEL)
+    report = tmp_path / "report.json"
+    command, *rest = args
+    extra = ["--out", str(tmp_path / "out")] if command == "sweep" else []
+    code = main([command, CAT, "--model", f"{tmp_path / 'tiny_model.py'}:build",
+                 "--json", str(report), *extra, *rest])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    payload = json.loads(report.read_text())
+    return payload["settings"], payload["rows"], out
+
+
+EVALUATE = ("evaluate", "--methods", "gradient", "--aggregates", "mean", "--samples", "2",
+            "--metrics", "deletion,insertion,infidelity", "--steps", "4")
+
+
+@pytest.mark.parametrize(("flags", "columns", "recorded"), [
+    (["--substrate", "zeros"], ["deletion_auc", "insertion_auc"],
+     {"substrate": {"deletion": "zeros", "insertion": "zeros"}}),
+    (["--substrate", "blur"], ["deletion_auc"],
+     {"substrate": {"deletion": "blur", "insertion": "blur"}}),
+    (["--rise"], ["deletion_auc", "insertion_auc"],
+     {"rise": True, "steps": None, "substrate": {"deletion": "zeros", "insertion": "blur"}}),
+    (["--infidelity-std", "0.5"], ["infidelity"], {"infidelity_std": 0.5}),
+    (["--no-infidelity-normalize"], ["infidelity"], {"infidelity_normalize": False}),
+])
+def test_evaluate_curve_and_infidelity_flags_change_the_scores(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, flags: list[str],
+        columns: list[str], recorded: dict[str, object]) -> None:
+    base_args = EVALUATE[:-2] if "--rise" in flags else EVALUATE  # --rise fixes the steps
+    base_settings, base, _ = _scores(capsys, tmp_path, *EVALUATE)
+    settings, rows, _ = _scores(capsys, tmp_path, *base_args, *flags)
+    for key, value in recorded.items():
+        assert settings[key] == value and base_settings[key] != value, key
+    for column in columns:
+        assert [r[column] for r in rows] != [r[column] for r in base], column
+
+
+def test_evaluate_sensitivity_radius_changes_the_scores(capsys: pytest.CaptureFixture[str],
+                                                         tmp_path: Path) -> None:
+    args = ("evaluate", "--methods", "gradient", "--aggregates", "mean", "--samples", "2",
+            "--metrics", "sensitivity", "--sensitivity-perturbations", "2", "--floor-seeds", "1")
+    base_settings, base, _ = _scores(capsys, tmp_path, *args)
+    settings, rows, _ = _scores(capsys, tmp_path, *args, "--sensitivity-radius", "0.5")
+    assert (base_settings["sensitivity_radius"], settings["sensitivity_radius"]) == (0.02, 0.5)
+    assert rows[0]["sensitivity_max"] > base[0]["sensitivity_max"]
+
+
+@pytest.mark.parametrize("flags", [["--substrate", "zeros"], ["--rise"]])
+def test_sweep_curve_flags_change_the_scores(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                             flags: list[str]) -> None:
+    args = ("sweep", "--noise", "0,0.1", "--samples", "2", "--at-samples", "2",
+            "--reference-samples", "3")
+    base_settings, base, _ = _scores(capsys, tmp_path, *args)
+    settings, rows, _ = _scores(capsys, tmp_path, *args, *flags)
+    assert settings["substrate"] != base_settings["substrate"]
+    assert [r["deletion_auc"] for r in rows] != [r["deletion_auc"] for r in base]
+    with open(tmp_path / "out" / "chelsea_gradient_sweep.csv", newline="") as file:
+        written = [float(r["deletion_auc"]) for r in csv.DictReader(file)]
+    assert written == pytest.approx([r["deletion_auc"] for r in rows])
+
+
 def call(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     try:
         code = main(list(args))
@@ -300,6 +388,12 @@ def call(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     (["evaluate", CAT, "--aggregates", "var", "--samples", "1"], "needs --samples >= 2"),
     (["evaluate", CAT, "--csv", "nowhere/s.csv"], "--csv: no such folder"),
     (["evaluate", CAT, "--steps", "0"], "positive integer"),
+    (["evaluate", CAT, "--rise", "--steps", "10"], "--rise is RISE's protocol"),
+    (["evaluate", CAT, "--rise", "--substrate", "mean"], "leave out --steps and --substrate"),
+    (["evaluate", CAT, "--substrate", "black"], "invalid choice: 'black'"),
+    (["evaluate", CAT, "--infidelity-std", "0"], "--infidelity-std"),
+    (["evaluate", CAT, "--sensitivity-radius", "-1"], "--sensitivity-radius"),
+    (["sweep", CAT, "--rise", "--steps", "10"], "--rise is RISE's protocol"),
     (["evaluate", "missing.jpg"], "missing.jpg"),
 ])
 def test_bad_arguments(capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str],

@@ -16,13 +16,15 @@ from pathlib import Path
 from typing import TypeVar
 
 from smoothgrad import evaluation, models, viz
+from smoothgrad.cli.parser import UsageError
 from smoothgrad.config import DEFAULT_NOISE, SmoothConfig
 from smoothgrad.methods import BY_NAME
 from smoothgrad.stats import AGGREGATES
 
 __all__ = ["SAVE_FORMATS", "add_evaluation_options", "add_figure_options", "add_method_option",
            "add_model_options", "add_noise_draw_options", "add_smoothing_options",
-           "add_target_option", "batch_size_arg", "list_arg", "metrics_arg", "non_negative_float",
+           "add_target_option", "batch_size_arg", "list_arg", "metric_options", "metric_settings",
+           "metrics_arg", "non_negative_float",
            "non_negative_int", "positive_float", "positive_int", "samples_arg", "save_arg",
            "smoothing", "style"]
 
@@ -147,10 +149,18 @@ def add_target_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_evaluation_options(parser: argparse.ArgumentParser) -> None:
-    """Options of `sweep` and `evaluate`: target, deletion/insertion steps, JSON output."""
+    """Options of `sweep` and `evaluate`: target, deletion/insertion curves, JSON output."""
     add_target_option(parser)
-    parser.add_argument("--steps", type=positive_int, default=50,
+    parser.add_argument("--steps", type=positive_int, default=None,
                         help="steps of the deletion and insertion curves (default: 50)")
+    parser.add_argument("--substrate", choices=evaluation.SUBSTRATES, default=None,
+                        help="what deleted pixels become and insertion starts from: zeros (the "
+                             "dataset mean of normalised inputs), mean (each image's mean "
+                             "colour), blur (default: mean for deletion, blur for insertion)")
+    parser.add_argument("--rise", action="store_true",
+                        help="RISE's deletion/insertion protocol (deletion to zeros, insertion "
+                             "from RISE's blur, steps of 224 pixels): AUCs comparable with "
+                             "RISE's published ones; not with --steps or --substrate")
     parser.add_argument("--json", type=Path, metavar="FILE",
                         help="also write the settings and the table as JSON")
 
@@ -164,6 +174,23 @@ def add_figure_options(parser: argparse.ArgumentParser) -> None:
                         help="clip the shown map at this percentile (default: 99)")
     parser.add_argument("--colormap", default=None,
                         help="matplotlib colormap (default: viridis; RdBu_r for --activation all)")
+
+
+def metric_options(args: argparse.Namespace) -> evaluation.MetricOptions:
+    """The metric options of `evaluate` or `sweep`, checked (one-line errors naming them)."""
+    if args.rise and (args.steps is not None or args.substrate is not None):
+        raise UsageError("--rise is RISE's protocol: leave out --steps and --substrate")
+    extra = {name: getattr(args, name) for name in (
+        "infidelity_perturbations", "infidelity_std", "infidelity_normalize",
+        "sensitivity_perturbations", "sensitivity_radius", "floor_seeds") if hasattr(args, name)}
+    return evaluation.MetricOptions(steps=args.steps, substrate=args.substrate, rise=args.rise,
+                                    **extra)
+
+
+def metric_settings(options: evaluation.MetricOptions) -> dict[str, object]:
+    """What the curves used, for the settings a command records."""
+    return {"steps": options.curve_steps, "substrate": options.substrates(),
+            "rise": options.rise}
 
 
 def style(args: argparse.Namespace) -> viz.Style:

@@ -19,6 +19,8 @@ from smoothgrad.cli.options import (
     add_model_options,
     add_noise_draw_options,
     list_arg,
+    metric_options,
+    metric_settings,
     non_negative_float,
     positive_int,
     style,
@@ -30,15 +32,17 @@ from smoothgrad.stats import AGGREGATES
 __all__ = ["add", "run"]
 
 
-def check(args: argparse.Namespace) -> viz.Style:
-    """Every option of `sweep` that can be checked before any work; the figure style."""
+def check(args: argparse.Namespace) -> tuple[viz.Style, evaluation.MetricOptions]:
+    """Every option of `sweep` that can be checked before any work; the figure style and
+    the metric options."""
     if args.reference_samples <= max(args.samples):
         raise UsageError(f"--reference-samples {args.reference_samples} must exceed the largest "
                          f"--samples ({max(args.samples)})")
     if args.aggregate == "var" and min(*args.samples, args.at_samples) < 2:
         raise UsageError("--aggregate var needs at least 2 samples per map")
+    options = metric_options(args)
     common.check_output_file(args.json, "--json", args.out)
-    return style(args)
+    return style(args), options
 
 
 def figures(args: argparse.Namespace, result: evaluation.Sweep, picture: Any, name: str,
@@ -64,7 +68,7 @@ def figures(args: argparse.Namespace, result: evaluation.Sweep, picture: Any, na
 
 def run(args: argparse.Namespace) -> int:
     """`smoothgrad sweep`: the paper's rows of maps over σ and over n, convergence, a table."""
-    shown = check(args)
+    shown, options = check(args)
     image = images.load(args.image)
     model = common.load_model(args)
     target = common.target_of(args, model)
@@ -77,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluation.sweep(
         model, x, method=args.method, noises=args.noise, samples=args.samples,
         at_noise=args.at_noise, at_samples=args.at_samples,
-        reference_samples=args.reference_samples, target=target, steps=args.steps,
+        reference_samples=args.reference_samples, target=target, options=options,
         seed=args.seed, aggregate=args.aggregate, antithetic=args.antithetic,
         batch_size=args.batch_size, log=lambda line: common.say(args, f"  {line}"),
         progress=common.progress_bars(args))
@@ -90,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     settings = {"image": args.image, "model": args.model, "method": args.method,
                 "aggregate": args.aggregate, "target": explained, "seed": args.seed,
                 "at_noise": args.at_noise, "at_samples": args.at_samples,
-                "reference_samples": args.reference_samples, "steps": args.steps}
+                "reference_samples": args.reference_samples, **metric_settings(options)}
     written += common.write_tables(result.rows, list(evaluation.SWEEP_COLUMNS),
                             args.out / f"{stem}_sweep.csv", args.json, settings)
     for path in written:

@@ -37,6 +37,7 @@ from smoothgrad.evaluation.settings import (
     METRIC_SCORES,
     METRICS,
     SMOOTHING_NAMES,
+    SUBSTRATES,
     SWEEP_COLUMNS,
     Evaluation,
     MetricOptions,
@@ -47,10 +48,10 @@ from smoothgrad.evaluation.sweep import Sweep, sweep
 from smoothgrad.tables import Row, to_json
 
 __all__ = [
-    "COLUMNS", "DEFAULT_METRICS", "METRICS", "METRIC_SCORES", "SMOOTHING_NAMES", "SWEEP_COLUMNS",
-    "Evaluation", "MetricOptions", "Progress", "Sweep", "SweepSettings", "column_format",
-    "evaluate", "explainer", "format_table", "randomization", "smooth_all", "sweep", "to_csv",
-    "to_json",
+    "COLUMNS", "DEFAULT_METRICS", "METRICS", "METRIC_SCORES", "SMOOTHING_NAMES", "SUBSTRATES",
+    "SWEEP_COLUMNS", "Evaluation", "MetricOptions", "Progress", "Sweep", "SweepSettings",
+    "column_format", "evaluate", "explainer", "format_table", "randomization", "smooth_all",
+    "sweep", "to_csv", "to_json",
 ]
 
 

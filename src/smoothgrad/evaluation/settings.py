@@ -24,7 +24,7 @@ from smoothgrad.metrics.faithfulness import (
 from smoothgrad.stats import AGGREGATE_TITLES
 
 __all__ = [
-    "COLUMNS", "DEFAULT_METRICS", "METRICS", "METRIC_SCORES", "SMOOTHING_NAMES",
+    "COLUMNS", "DEFAULT_METRICS", "METRICS", "METRIC_SCORES", "SMOOTHING_NAMES", "SUBSTRATES",
     "SWEEP_COLUMNS", "Evaluation", "MetricOptions", "Progress", "SweepSettings",
 ]
 
