@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -215,6 +216,51 @@ def test_convergence_figure_labels_a_range_under_a_decade() -> None:
     wide = viz.convergence_figure([2, 5, 20, 50, 100], {"a": [5.0, 2.0, 0.8, 0.4, 0.2]})
     assert wide.axes[0].get_yscale() == "log"  # a decade or more: log axis as before
     assert len(_visible_tick_labels(wide, "y")) >= 3
+
+
+# ------------------------------------------------------------ preprocessing parity
+
+
+def _photo(width: int, height: int) -> Image.Image:
+    pixels = np.random.default_rng(width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def _resize_256_crop_224(image: Image.Image) -> np.ndarray:
+    """torchvision's Resize(256), CenterCrop(224), ToTensor, Normalize(ImageNet) by its
+    documented rules, in PIL and numpy: the shorter side becomes 256 and the longer
+    int(256 * long / short) (bilinear, antialiased as PIL always is); the crop starts at
+    int(round((size - 224) / 2)) on each axis. Returns (224, 224, 3) float64."""
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    size = (256, int(256 * long / short)) if width <= height else (int(256 * long / short), 256)
+    resized = np.asarray(image.resize(size, Image.Resampling.BILINEAR), dtype=np.float64)
+    top, left = (round((extent - 224) / 2) for extent in resized.shape[:2])
+    crop = resized[top : top + 224, left : left + 224] / 255.0
+    return (crop - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+
+
+@pytest.mark.parametrize("size", [(640, 427), (427, 640)])
+def test_imagenet_preprocess_equals_a_pil_reference_on_a_non_square_photo(
+        size: tuple[int, int]) -> None:
+    image = _photo(*size)
+    ours = models.imagenet_preprocess(image)
+    assert ours.shape == (1, 3, 224, 224)
+    np.testing.assert_allclose(ours[0].permute(1, 2, 0).numpy(), _resize_256_crop_224(image),
+                               rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(640, 427), (427, 640)])
+def test_imagenet_preprocess_equals_torchvision_on_a_non_square_photo(
+        size: tuple[int, int]) -> None:
+    transforms = pytest.importorskip(
+        "torchvision.transforms",
+        reason="torchvision is not installed (it needs torch 2.14.1; this project pins 2.13)")
+    pipeline = transforms.Compose([
+        transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+        transforms.Normalize(models.IMAGENET_MEAN, models.IMAGENET_STD)])
+    image = _photo(*size)
+    torch.testing.assert_close(models.imagenet_preprocess(image), pipeline(image)[None])
 
 
 # ------------------------------------------------------------------------------ CLI
