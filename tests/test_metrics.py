@@ -264,22 +264,22 @@ def test_rise_mode_equals_rise_deletion_and_insertion() -> None:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Conv2d(3, 4, 8, stride=8), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
                               nn.Flatten(), nn.Linear(64, 5)).eval()
-    x = torch.randn(2, 3, 224, 224, generator=_seeded(0))
-    saliency = torch.rand(2, 224, 224, generator=_seeded(1), dtype=torch.float64)
-    torch.testing.assert_close(metrics.faithfulness.blur(x, 11, 5.0, rise=True), _rise_blur(x),
+    x = torch.randn(1, 3, 224, 224, generator=_seeded(0))  # RISE's fixed size; one image
+    saliency = torch.rand(1, 224, 224, generator=_seeded(1), dtype=torch.float64)
+    blurred = _rise_blur(x)
+    torch.testing.assert_close(metrics.faithfulness.blur(x, 11, 5.0, rise=True), blurred,
                                rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(metrics.faithfulness.blur(x, 11, 5.0), _rise_blur(x), atol=1e-2)
+    assert not torch.allclose(metrics.faithfulness.blur(x, 11, 5.0), blurred, atol=1e-2)
     deletion = metrics.deletion_curve(model, x, saliency, rise=True)
     insertion = metrics.insertion_curve(model, x, saliency, rise=True)
-    assert deletion.scores.shape == (2, 225)
-    for i in range(2):
-        image, order = x[i : i + 1], saliency[i].numpy()
-        expected = _rise_reference(model, image, order, "del", torch.zeros_like(image))
-        np.testing.assert_allclose(deletion.scores[i].numpy(), expected, atol=1e-6)
-        assert deletion.auc[i].item() == pytest.approx(_rise_auc(expected), abs=1e-6)
-        expected = _rise_reference(model, image, order, "ins", _rise_blur(image))
-        np.testing.assert_allclose(insertion.scores[i].numpy(), expected, atol=1e-5)
-        assert insertion.auc[i].item() == pytest.approx(_rise_auc(expected), abs=1e-5)
+    assert deletion.scores.shape == (1, 225)
+    order = saliency[0].numpy()
+    expected = _rise_reference(model, x, order, "del", torch.zeros_like(x))
+    np.testing.assert_allclose(deletion.scores[0].numpy(), expected, atol=1e-6)
+    assert deletion.auc[0].item() == pytest.approx(_rise_auc(expected), abs=1e-6)
+    expected = _rise_reference(model, x, order, "ins", blurred)
+    np.testing.assert_allclose(insertion.scores[0].numpy(), expected, atol=1e-5)
+    assert insertion.auc[0].item() == pytest.approx(_rise_auc(expected), abs=1e-5)
 
 
 def test_deletion_with_zeros_is_quantus_pixel_flipping_on_black_images() -> None:
