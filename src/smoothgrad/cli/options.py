@@ -24,9 +24,8 @@ from smoothgrad.stats import AGGREGATES
 __all__ = ["SAVE_FORMATS", "add_evaluation_options", "add_figure_options", "add_method_option",
            "add_model_options", "add_noise_draw_options", "add_smoothing_options",
            "add_target_option", "batch_size_arg", "list_arg", "metric_options", "metric_settings",
-           "metrics_arg", "non_negative_float",
-           "non_negative_int", "positive_float", "positive_int", "samples_arg", "save_arg",
-           "smoothing", "style"]
+           "metrics_arg", "non_negative_float", "non_negative_int", "positive_float",
+           "positive_int", "samples_arg", "save_arg", "smoothing", "style"]
 
 SAVE_FORMATS = ("png", "svg", "pdf", "npy")
 
