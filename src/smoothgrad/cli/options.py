@@ -154,8 +154,9 @@ def add_evaluation_options(parser: argparse.ArgumentParser) -> None:
                         help="steps of the deletion and insertion curves (default: 50)")
     parser.add_argument("--substrate", choices=evaluation.SUBSTRATES, default=None,
                         help="what deleted pixels become and insertion starts from: zeros (the "
-                             "dataset mean of normalised inputs), mean (each image's mean "
-                             "colour), blur (default: mean for deletion, blur for insertion)")
+                             "dataset mean for mean/std-normalised inputs, mid-grey for the "
+                             "default model), mean (each image's mean colour), blur (default: "
+                             "mean for deletion, blur for insertion)")
     parser.add_argument("--rise", action="store_true",
                         help="RISE's deletion/insertion protocol (deletion to zeros, insertion "
                              "from RISE's blur, steps of 224 pixels): AUCs comparable with "

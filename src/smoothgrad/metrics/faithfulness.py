@@ -90,9 +90,9 @@ def deletion_curve(model: nn.Module, x: Tensor, attribution: Tensor, target: Tar
     steps)`` pixels are deleted. The score is the softmax probability of ``target`` (default:
     the clean prediction). Lower AUC is better. ``rise=True`` is RISE's protocol
     (``evaluation.py`` of Petsiuk et al.): the substrate is zeros (the dataset mean once
-    inputs are normalised) and each step deletes 224 pixels; ``steps`` and ``substrate`` must
-    then be left out. Forward passes run under ``torch.no_grad()``, ``batch_size`` images at
-    a time.
+    inputs are mean/std-normalised) and each step deletes 224 pixels; ``steps`` and
+    ``substrate`` must then be left out. Forward passes run under ``torch.no_grad()``,
+    ``batch_size`` images at a time.
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3))
@@ -179,7 +179,8 @@ def substrate_image(x: Tensor, substrate: Substrate, *, rise: bool = False,
     """The image with the information removed, ``(N, C, H, W)``: what deletion fills pixels
     with and what insertion starts from.
 
-    ``"zeros"``: zeros (the dataset mean once inputs are normalised; RISE's deletion).
+    ``"zeros"``: zeros (RISE's deletion: the dataset mean for inputs normalised by the
+    dataset's mean and std, mid-grey for inputs scaled to [-1, 1]).
     ``"mean"``: each image's mean colour. ``"blur"``: :func:`blur` of the image (RISE's when
     ``rise``).
 
