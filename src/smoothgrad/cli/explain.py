@@ -34,12 +34,9 @@ from smoothgrad.config import SmoothConfig
 from smoothgrad.engine import SmoothResult, smooth
 from smoothgrad.files import Data, npy_bytes, write_all
 from smoothgrad.methods import title as method_title
+from smoothgrad.stats import AGGREGATE_FILE_NAMES, AGGREGATE_TITLES
 
 __all__ = ["Explained", "add", "describe", "explain_image", "method_figure", "run"]
-
-SMOOTHED = {"mean": "SmoothGrad", "abs": "SmoothGrad |·|", "square": "SmoothGrad²",
-            "var": "VarGrad"}
-
 
 def add(commands: Any) -> None:
     parser: Parser = subcommand(
@@ -97,7 +94,7 @@ def method_figure(items: Sequence[Explained], shown: viz.Style,
                     [shown.process(item.plain[0]), shown.process(item.smoothed.attribution[0])],
                     f"{item.top5[0][0]} {item.top5[0][1]:.2f}") for item in items]
     title = method_title(items[0].method)
-    smoothed = SMOOTHED[items[0].smoothed.aggregate]
+    smoothed = AGGREGATE_TITLES[items[0].smoothed.aggregate]
     return viz.comparison_figure(rows, titles=("Input", title, f"{smoothed} +\n{title}"),
                                  **shown.colors)
 
@@ -121,9 +118,11 @@ def describe(item: Explained, target: int | None, labels: Sequence[str], *,
 
 
 def array_files(item: Explained, stem: Path) -> dict[Path, bytes]:
-    """The plain map, the SmoothGrad map and its standard error as float32 .npy files."""
-    arrays = {"": item.plain[0], "_smoothgrad": item.smoothed.attribution[0],
-              "_smoothgrad_stderr": item.smoothed.stderr[0]}
+    """The plain map, the smoothed map and its standard error as float32 .npy files, named
+    after the aggregate: ``STEM.npy``, ``STEM_square.npy``, ``STEM_square_stderr.npy``."""
+    smoothed = AGGREGATE_FILE_NAMES[item.smoothed.aggregate]
+    arrays = {"": item.plain[0], f"_{smoothed}": item.smoothed.attribution[0],
+              f"_{smoothed}_stderr": item.smoothed.stderr[0]}
     return {stem.with_name(f"{stem.name}{suffix}.npy"): npy_bytes(array.detach().cpu().float())
             for suffix, array in arrays.items()}
 
