@@ -240,33 +240,79 @@ def test_serve_without_the_web_extra_says_how_to_get_it(
     assert "pip install 'smoothgrad[web]'" in capsys.readouterr().err
 
 
-def test_serve_leaves_nothing_behind(tmp_path: Path) -> None:
-    """The real command: it binds to loopback, and its temporary folder goes on Ctrl-C."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "TMPDIR": str(tmp_path)}
+TINY = """
+import numpy as np, torch
+from torch import nn
+
+def build():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                          nn.Flatten(), nn.Linear(16, 5))
+    def preprocess(image):
+        a = np.asarray(image.resize((16, 16)), dtype=np.float32) / 255
+        return torch.from_numpy(a).permute(2, 0, 1)
+    return model, preprocess
+"""
+
+
+def serving(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+    """`smoothgrad serve` on a tiny model in a process, TMPDIR in `tmp_path`; the process and
+    the URL of its banner, once the page answers."""
+    (tmp_path / "sg_serve_tiny.py").write_text(TINY)
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
+    (tmp_path / "tmp").mkdir()
     process = subprocess.Popen(
-        [sys.executable, "-m", "smoothgrad", "serve", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [sys.executable, "-m", "smoothgrad", "serve", "--model",
+         f"{tmp_path / 'sg_serve_tiny.py'}:build", *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    banner = process.stdout.readline()
+    assert banner.startswith("smoothgrad serve: http://127.0.0.1:"), (
+        banner, process.stderr.read() if process.poll() is not None and process.stderr else "")
+    url = banner.split()[2]
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}api/info", timeout=5) as response:
+                assert json.loads(response.read())["model"].endswith("sg_serve_tiny.py:build")
+                return process, url
+        except urllib.error.URLError:
+            assert time.monotonic() < deadline, "the server did not answer"
+            time.sleep(0.1)
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_serve_leaves_nothing_behind(tmp_path: Path, stop: str) -> None:
+    """The real command: it binds to loopback, and its temporary folder goes when it is
+    stopped: on Ctrl-C, and (issue 23) on SIGTERM (kill, systemd, docker stop) and SIGHUP,
+    which left `smoothgrad-serve-*` behind."""
+    process, _ = serving(tmp_path, "--port", "0")
     try:
-        assert process.stdout is not None
-        banner = process.stdout.readline()
-        assert f"http://127.0.0.1:{port}/" in banner
-        url = f"http://127.0.0.1:{port}/api/info"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    assert json.loads(response.read())["model"] == "efficientnet_lite0"
-                    break
-            except urllib.error.URLError:
-                assert time.monotonic() < deadline, "the server did not answer"
-                time.sleep(0.1)
-        assert [p.name.startswith("smoothgrad-serve-") for p in tmp_path.iterdir()] == [True]
-        process.send_signal(signal.SIGINT)
+        assert [p.name.startswith("smoothgrad-serve-") for p in (tmp_path / "tmp").iterdir()
+                ] == [True]
+        process.send_signal(getattr(signal, stop))
         assert process.wait(60) == 0
     finally:
         process.kill()
-        process.wait()
-    assert list(tmp_path.iterdir()) == []
+        _, error = process.communicate()
+    assert list((tmp_path / "tmp").iterdir()) == [] and error == ""
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
+    """Issue 23: the URL was printed as if serving, then uvicorn's "[Errno 98]", exit 3.
+    Now one line naming --port, exit 2, nothing announced; --port 0 takes a free port and
+    prints it."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "smoothgrad", "serve", "--port", str(port)],
+                              capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == (f"smoothgrad: error: --port {port}: in use on 127.0.0.1 (another "
+                           "server?); choose another, or 0 for any free port\n")
+    process, url = serving(tmp_path, "--port", "0")
+    try:
+        assert int(url.rsplit(":", 1)[1].strip("/")) > 0
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
