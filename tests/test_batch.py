@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from smoothgrad import images
@@ -218,7 +219,7 @@ def test_run_writes_arrays_figures_and_index(data: Path, reference: Path) -> Non
         assert 0 < float(row["probability"]) <= 1 and 0 <= float(row["flip_rate"]) <= 1
         assert row["label"] == f"class {row['target']}"
         with Image.open(reference / "figures" / f"{key}.png") as png:
-            assert png.size == (32, 32)
+            assert png.size[0] == 224 and png.size[1] > 224  # 32 x 32 enlarged, a caption
     assert len({row["target"] for row in rows if row["target"]}) > 1  # not a constant model
     hidden = [name for name in files(reference) if name.rsplit("/", 1)[-1].startswith(".")]
     assert hidden == [".smoothgrad.lock"]  # no temporary files left
@@ -334,7 +335,7 @@ def test_default_model_float16_and_figures(tmp_path: Path,
         assert np.isfinite(array).all()
         figure = out / (row["array"].replace("arrays/", "figures/", 1)[:-4] + ".png")
         with Image.open(figure) as png:
-            assert png.size == (224, 224)
+            assert png.size[0] == 224 and png.size[1] > 224  # the map, then its caption
     assert "2 images, 2 explained" in captured.out
 
 
@@ -525,3 +526,36 @@ def test_bad_options_are_refused_before_anything_is_written(
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1, err
     assert not out.exists()
+
+
+def test_figures_name_the_explained_class_and_its_probability(tmp_path: Path,
+                                                              data: Path) -> None:
+    """Issue 23: a batch figure was the bare map; it must name the class its map explains
+    (here --target 3, not the prediction) and its probability, also when drawn later from
+    the stored arrays."""
+    from smoothgrad import models, viz
+    from smoothgrad.batch import run as run_job
+
+    style = viz.Style()
+    out = tmp_path / "out"
+    assert run_job(job_for(data, out, figures=style, target=3)).code == 0  # type: ignore[arg-type]
+    model = models.load(f"{data / 'tiny.py'}:build")
+    rows = index(out)
+    for row in rows:
+        with torch.no_grad():
+            probability = float(model(model.preprocess(images.load(row["path"])))
+                                .softmax(dim=1)[0, 3])
+        assert row["target"] == "3"
+        assert float(row["probability"]) == pytest.approx(probability, rel=1e-4)
+        picture = style.picture(np.load(out / row["array"]))
+        label = f"class 3 (p = {float(row['probability']):.3f})"
+        figure = out / (row["array"].replace("arrays/", "figures/", 1)[:-4] + ".png")
+        assert figure.read_bytes() == viz.png_bytes(viz.captioned(picture, label))
+        with Image.open(figure) as png:  # the map itself is on top, each pixel a 7x7 block
+            top = np.asarray(png)[:224]
+        assert np.array_equal(top, picture.repeat(7, axis=0).repeat(7, axis=1))
+    drawn = tmp_path / "drawn"
+    assert run_job(job_for(data, drawn, target=3)).code == 0  # type: ignore[arg-type]
+    assert run_job(job_for(data, drawn, figures=style, target=3)).code == 0  # type: ignore[arg-type]
+    assert {k: v for k, v in files(drawn).items() if k.startswith("figures/")} == {
+        k: v for k, v in files(out).items() if k.startswith("figures/")}

@@ -68,3 +68,77 @@ def test_explain_names_array_files_after_the_aggregate(capsys: pytest.CaptureFix
     want = sg.smooth(model, x, samples=3, aggregate=aggregate)
     saved = np.load(out / f"chelsea_gradient_{name}.npy")
     torch.testing.assert_close(torch.from_numpy(saved), want.attribution[0])
+
+
+# ------------------------------------------------- every figure names the explained class
+
+
+def expected_label(model: sg.models.LoadedModel, image_path: str, target: int | None) -> str:
+    """The label a figure must carry, computed here from the model's softmax (not by the
+    code under test): the explained class (the prediction without a target) and its
+    probability, as `viz.class_label` writes it."""
+    with torch.no_grad():
+        probabilities = model(model.preprocess(images.load(image_path))).softmax(dim=1)[0]
+    index = int(probabilities.argmax()) if target is None else target
+    return f"{model.labels[index]} (p = {float(probabilities[index]):.3f})"
+
+
+@pytest.fixture
+def drawn(monkeypatch: pytest.MonkeyPatch) -> list[sg.viz.Row]:
+    """The rows of every comparison figure the command draws."""
+    from smoothgrad import viz
+
+    rows: list[viz.Row] = []
+    original = viz.comparison_figure
+
+    def record(items: list[viz.Row], **kwargs: object) -> object:
+        rows.extend(items)
+        return original(items, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(viz, "comparison_figure", record)
+    return rows
+
+
+def test_explain_figure_names_the_target_not_the_prediction(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, drawn: list[sg.viz.Row]) -> None:
+    """Issue 23: `explain photo.jpg --target "Egyptian cat"` labelled the figure's row with
+    the top prediction ("tiger cat 0.39")."""
+    code, err = call(capsys, "explain", CAT, "--target", "Egyptian cat", "--samples", "2",
+                     "--save", "png", "--out", str(tmp_path), "--quiet")
+    assert code == 0, err
+    model = sg.models.load("efficientnet_lite0")
+    assert [row.label for row in drawn] == [expected_label(model, CAT, 285)]
+    assert drawn[0].label.startswith("Egyptian cat (p = 0.3")
+
+
+def test_demo_figures_name_the_explained_class(capsys: pytest.CaptureFixture[str],
+                                              tmp_path: Path, tiny: str,
+                                              drawn: list[sg.viz.Row]) -> None:
+    """The demo explains each photo's prediction; its rows say so, with the probability."""
+    code, err = call(capsys, "demo", "--model", tiny, "--samples", "2", "--out", str(tmp_path),
+                     "--quiet")
+    assert code == 0, err
+    model = sg.models.load(tiny)
+    photos = images.sample_images()
+    want = [expected_label(model, str(photos[name]), None) for name in photos]
+    assert [row.label for row in drawn] == want * 2  # gradient, then guided backprop
+
+
+def test_show_and_the_notebook_view_name_the_class_and_its_probability() -> None:
+    """`result.show(model)` and a result as a cell's value (no model) name the explained
+    class and its probability (they gave "class 2", no probability)."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 3)).eval()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    result = sg.smooth(model, x, target=[2, 0], samples=3)
+    with torch.no_grad():
+        p = model(x).softmax(dim=1)
+    want = [f"dog (p = {float(p[0, 2]):.3f})", f"cat (p = {float(p[1, 0]):.3f})"]
+    panels = result.show(model, labels=["cat", "bird", "dog"])
+    assert [caption.split(" · ")[0] for caption in panels.captions] == [
+        f"explaining {label}" for label in want]
+    unlabelled = sg.display.show(result)
+    assert unlabelled.captions[0].startswith(f"explaining class 2 (p = {float(p[0, 2]):.3f})")
+    assert f"class 2 (p = {float(p[0, 2]):.3f})" in result._repr_html_()
+    torch.testing.assert_close(result.probability, torch.stack([p[0, 2], p[1, 0]]))
+    assert panels.figure().axes[0].get_ylabel().startswith(f"explaining {want[0]}")

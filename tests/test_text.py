@@ -199,7 +199,7 @@ def test_token_html_ansi_and_figure() -> None:
     shown = tokens.TokenScores(["[CLS]", "<b>", "bad"], [0.0, 1.0, -1.0], label="positive",
                                probability=0.75)
     page = shown._repr_html_()
-    assert "&lt;b&gt;" in page and "positive (0.750)" in page
+    assert "&lt;b&gt;" in page and "positive (p = 0.750)" in page
     red, blue = shown.colors()[1], shown.colors()[2]
     assert red[0] > red[2] and blue[2] > blue[0] and shown.colors()[0][0] > 240
     assert "\x1b[48;2;" in shown.to_ansi()

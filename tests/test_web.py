@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import uvicorn
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -223,14 +224,53 @@ def test_api_streams_events_in_order(server: Server) -> None:
     status, events = server.post("sample=coffee&samples=3&noise=0.1&strip=0&method=guided_backprop")
     assert status == 200
     kinds = [event["type"] for event in events]
-    assert kinds[:5] == ["queued", "started", "input", "top5", "plain"]
+    assert kinds[:6] == ["queued", "started", "input", "top5", "plain", "explained"]
     assert kinds[-2:] == ["stderr", "done"] and kinds.count("progress") == 3
     assert [e["done"] for e in events if e["type"] == "progress"] == [1, 2, 3]
     files = events[-1]["files"]
     assert "smoothed.png" in files
     with urllib.request.urlopen(f"{server.url}/api/results/{events[-1]['id']}/smoothed.png") as r:
         assert r.headers["Content-Type"] == "image/png"
-        assert Image.open(io.BytesIO(r.read())).size == (224, 224)
+        width, height = Image.open(io.BytesIO(r.read())).size
+        assert width == 224 and height > 224  # the map and, under it, the class it explains
+
+
+def test_the_page_and_its_downloads_name_the_class_explained(browser: Browser,
+                                                              server: Server) -> None:
+    """Issue 23: every map explained the top prediction, and the page did not say which
+    class its maps explain. A class can now be chosen; the page, its top-5 and the
+    downloaded figures name it with its probability, and the maps are that class's."""
+    import smoothgrad as sg
+
+    model = server.app.state.scheduler.model
+    x = model.preprocess(images.load(CHELSEA))
+    with torch.no_grad():
+        p = model(x).softmax(dim=1)[0]
+    page = open_page(browser, server)
+    page.fill("#target", "Egyptian cat")
+    start(page, CHELSEA, 3, strip=False)
+    page.wait_for_selector("body[data-state='done']")
+    label = f"Egyptian cat (p = {float(p[285]):.3f})"
+    assert page.inner_text("#explained") == f"Explaining {label}"
+    assert page.locator("#top5 li.explained").all_inner_texts()[0].startswith("Egyptian cat")
+    page.close()
+    status, events = server.post("sample=chelsea&samples=2&strip=0&target=285")
+    assert status == 200
+    assert [e["label"] for e in events if e["type"] == "explained"] == [label]
+    done = events[-1]
+    with urllib.request.urlopen(f"{server.url}/api/results/{done['id']}/smoothed.npy") as r:
+        smoothed = torch.from_numpy(np.load(io.BytesIO(r.read())))
+    want = sg.smooth(model, x, target=285, samples=2, batch_size=1).attribution[0]
+    torch.testing.assert_close(smoothed, want)
+    with urllib.request.urlopen(f"{server.url}/api/results/{done['id']}/smoothed.png") as r:
+        figure = np.asarray(Image.open(io.BytesIO(r.read())).convert("RGB"))
+    assert np.array_equal(figure, sg.viz.captioned(sg.display.map_picture(want), label))
+    status, events = server.post("sample=chelsea&samples=1&strip=0")  # the prediction
+    top = next(e for e in events if e["type"] == "top5")["classes"][0]
+    assert [e["label"] for e in events if e["type"] == "explained"] == [
+        f"{top['label']} (p = {float(p.max()):.3f})"]
+    status, message = server.post("sample=chelsea&target=tabby%20kat")
+    assert status == 400 and "did you mean 'tabby'" in message
 
 
 def test_serve_without_the_web_extra_says_how_to_get_it(

@@ -147,9 +147,10 @@ class TokenScores:
                 for v in self.values]
 
     def title(self) -> str:
-        if self.label is None:
-            return ""
-        return self.label + ("" if self.probability is None else f" ({self.probability:.3f})")
+        """The explained class and its probability, as every figure names it."""
+        from smoothgrad.viz import class_label
+
+        return "" if self.label is None else class_label(self.label, self.probability)
 
     def to_text(self) -> str:
         """Plain text: each token with its score."""

@@ -15,7 +15,8 @@ Output layout, for an input whose key is ``a/b.jpg``::
                               and the style of the figures in DIR
     DIR/arrays/a/b.jpg.npy    the attribution, (C, H, W) float32 (or --dtype float16)
     DIR/stderr/a/b.jpg.npy    its standard error (per element), same shape and type
-    DIR/figures/a/b.jpg.png   with --figures: the map as a colour image, drawn from the array
+    DIR/figures/a/b.jpg.png   with --figures: the map as a colour image, drawn from the array,
+                              the explained class and its probability written under it
     DIR/records/a/b.jpg.json  written last: marks the image finished (or failed)
     DIR/index.csv             one row per input, sorted by key: path, array, status,
                               target, label, probability, samples, flip_rate,

@@ -91,7 +91,9 @@ class Job:
         numerics = {"device": device.type, "batch_size": rows, "images_per_batch": group,
                     "threads": torch.get_num_threads() if device.type == "cpu" else None,
                     "torch": torch.__version__, "smoothgrad": smoothgrad.__version__}
-        figures = asdict(self.figures) if self.figures is not None else None
+        # "labelled": figures name their class (issue 23); older runs' figures are redrawn
+        figures = (None if self.figures is None
+                   else {**asdict(self.figures), "labelled": True})
         return Settings(options, numerics, rows, group, target, figures)
 
 

@@ -255,7 +255,8 @@ def _save(context: _Context, source: Source, done: Outcome) -> dict[str, Any]:
     job, labels = context.job, context.model.labels
     arrays = {"arrays": done.attribution.detach().cpu().numpy().astype(job.dtype),
               "stderr": done.stderr.detach().cpu().numpy().astype(job.dtype)}
-    figure = None if job.figures is None else _figure(job.figures, arrays["arrays"])
+    figure = None if job.figures is None else _figure(
+        job.figures, arrays["arrays"], viz.class_label(done.target, done.probability, labels))
     record = {"path": source.path, "key": source.key, "status": "ok",
               "array": source.output(Path(), "arrays").as_posix(),
               "stderr": source.output(Path(), "stderr").as_posix(), "target": done.target,
@@ -267,9 +268,11 @@ def _save(context: _Context, source: Source, done: Outcome) -> dict[str, Any]:
     return write_outputs(source, job.out, arrays, figure, record)
 
 
-def _figure(style: viz.Style, array: np.ndarray[Any, Any]) -> bytes:
-    """The PNG of a stored attribution array: figures depend on the arrays only."""
-    return viz.png_bytes(style.picture(np.asarray(array, dtype=np.float32)))
+def _figure(style: viz.Style, array: np.ndarray[Any, Any], label: str) -> bytes:
+    """The PNG of a stored attribution array with the class it explains written under it:
+    figures depend on the arrays and records only."""
+    picture = style.picture(np.asarray(array, dtype=np.float32))
+    return viz.png_bytes(viz.captioned(picture, label))
 
 
 def _draw_all(context: _Context) -> int:
@@ -280,9 +283,12 @@ def _draw_all(context: _Context) -> int:
     drawn = 0
     for position in context.plan.draw[world.rank::world.size]:
         source = sources[position]
+        record = read_record(source, job.out) or {}
+        label = viz.class_label(record.get("target", -1), record.get("probability"),
+                                context.model.labels)
         try:
             array = np.load(source.output(job.out, "arrays"), allow_pickle=False)
-            write_figure(source, job.out, _figure(job.figures, array))
+            write_figure(source, job.out, _figure(job.figures, array, label))
             drawn += 1
         except OutputError:
             raise

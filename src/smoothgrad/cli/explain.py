@@ -17,7 +17,7 @@ from typing import Any
 from PIL import Image
 from torch import Tensor
 
-from smoothgrad import images, models, viz
+from smoothgrad import display, images, models, viz
 from smoothgrad.cli.common import load_model, say, target_of, unique_names
 from smoothgrad.cli.options import (
     add_figure_options,
@@ -58,7 +58,8 @@ def add(commands: Any) -> None:
 
 @dataclass
 class Explained:
-    """One image explained with one base method: its plain and its smoothed map."""
+    """One image explained with one base method: its plain and its smoothed map, and the
+    class they explain with its probability (`label`, as figures name it)."""
 
     name: str
     image: Image.Image
@@ -67,6 +68,7 @@ class Explained:
     plain: Tensor
     smoothed: SmoothResult
     seconds: float
+    label: str
 
 
 def explain_image(model: models.LoadedModel, name: str, image: Image.Image,
@@ -83,16 +85,19 @@ def explain_image(model: models.LoadedModel, name: str, image: Image.Image,
     with tqdm(total=config.limit, desc=f"{name} {method}", unit="sample", delay=1.0,
               leave=False, disable=not bar or not sys.stderr.isatty(), file=sys.stderr) as shown:
         result = smooth(model, x, config, target=target, progress=shown.update)
-    return Explained(name, image, top5, method, plain, result, time.perf_counter() - started)
+    label = display.explained(result, 0, model.labels) or ""
+    return Explained(name, image, top5, method, plain, result, time.perf_counter() - started,
+                     label)
 
 
 def method_figure(items: Sequence[Explained], shown: viz.Style,
                   picture: Any) -> Any:
-    """Input | base method | SmoothGrad + base method, one row per image (tutorial Fig. 4-5);
-    `picture(image)` is the input panel: the pixels the model saw (`LoadedModel.crop`)."""
+    """Input | base method | SmoothGrad + base method, one row per image (tutorial Fig. 4-5),
+    each row labelled with the class its maps explain and its probability; `picture(image)`
+    is the input panel: the pixels the model saw (`LoadedModel.crop`)."""
     rows = [viz.Row(picture(item.image),
                     [shown.process(item.plain[0]), shown.process(item.smoothed.attribution[0])],
-                    f"{item.top5[0][0]} {item.top5[0][1]:.2f}") for item in items]
+                    item.label) for item in items]
     title = method_title(items[0].method)
     smoothed = AGGREGATE_TITLES[items[0].smoothed.aggregate]
     return viz.comparison_figure(rows, titles=("Input", title, f"{smoothed} +\n{title}"),
@@ -108,7 +113,7 @@ def describe(item: Explained, target: int | None, labels: Sequence[str], *,
         mark = "  <- explained" if explained is not None and labels[explained] == label else ""
         lines.append(f"  {rank}. {label:<28} {probability:6.3f}{mark}")
     if target is not None and labels[target] not in [label for label, _ in item.top5]:
-        lines.append(f"  explaining --target {target} ({labels[target]})")
+        lines.append(f"  explaining --target {target}: {item.label}")
     result = item.smoothed
     flips = "" if result.flip_rate is None else f", flip rate {float(result.flip_rate[0]):.2f}"
     lines.append(f"  {item.method}: SmoothGrad ({result.aggregate}) over {result.samples} "
