@@ -142,3 +142,25 @@ def test_show_and_the_notebook_view_name_the_class_and_its_probability() -> None
     assert f"class 2 (p = {float(p[0, 2]):.3f})" in result._repr_html_()
     torch.testing.assert_close(result.probability, torch.stack([p[0, 2], p[1, 0]]))
     assert panels.figure().axes[0].get_ylabel().startswith(f"explaining {want[0]}")
+
+
+def test_sweep_figures_name_the_target(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                       tiny: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sweep --target` draws rows of maps of that class: their titles say which, with its
+    probability (they named no class)."""
+    from smoothgrad import viz
+
+    titles: list[str] = []
+    original = viz.row_figure
+
+    def record(*args: object, **kwargs: object) -> object:
+        titles.append(str(kwargs.get("suptitle")))
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(viz, "row_figure", record)
+    code, err = call(capsys, "sweep", CAT, "--model", tiny, "--target", "3", "--noise", "0,0.1",
+                     "--samples", "2", "--at-samples", "2", "--reference-samples", "3",
+                     "--steps", "2", "--out", str(tmp_path), "--quiet")
+    assert code == 0, err
+    want = expected_label(sg.models.load(tiny), CAT, 3)
+    assert len(titles) == 2 and all(f"for {want}," in title for title in titles), titles
