@@ -53,9 +53,9 @@ class Job:
     figures: viz.Style | None = None
     images_per_batch: int | str = "auto"
     workers: int | None = None
-    threads: int | None = None
     overwrite: bool = False
     progress: bool = True
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         checks = [(isinstance(self.smoothing.method, str),
