@@ -31,7 +31,7 @@ from smoothgrad.inputs import Extras, bind, examples, repeat_rows, split_method
 from smoothgrad.methods import BY_NAME, Method, attributed, bounded, resolve_method, rows_per_input
 from smoothgrad.noise import standard_normal
 from smoothgrad.outputs import pick
-from smoothgrad.result import SmoothResult, relative_error
+from smoothgrad.result import SmoothResult, relative_error, target_probability
 from smoothgrad.stats import SampleStats
 from smoothgrad.tuning import BatchTuner, Passes, default_batch_size
 
@@ -205,6 +205,8 @@ class _Run:
             subject, clean = subject.wrapped(), pick(clean)
         self.subject, self.per_call = subject, subject.at_layer(per_call)
         self.target = targets.resolve(target, clean)
+        self.probability = target_probability(clean, None if callable(self.target)
+                                              else self.target)
         self.sigma = extras.sigma(subject, self.x, options)
         self.inputs, self.shown_sigma = subject.shown(self.sigma)
         if subject.direct and subject.layer is None and not subject.several:
@@ -297,7 +299,8 @@ class _Run:
             attribution=maps[main][0], stderr=maps[main][1], samples=self.done,
             target=resolved, sigma=self.shown_sigma, aggregate=main,
             flip_rate=None if resolved is None else self.flips / max(self.done, 1),
-            inputs=self.inputs, method=self.options.method_name, maps=maps)
+            inputs=self.inputs, method=self.options.method_name, probability=self.probability,
+            maps=maps)
 
 
 def _warn_without_range(sigma: Tensor, options: SmoothConfig) -> None:

@@ -5,6 +5,8 @@
   (`torch.no_grad`, `torch.inference_mode`), which comes back afterwards.
 - `reusing_freed_memory()`: glibc's malloc keeps freed blocks (the fast path's passes).
 - `cudnn_benchmark(enabled)`: cuDNN's autotuner flag (and, if asked, its deterministic one).
+- `intra_op_threads(count)`: torch's CPU threads per operation (batch runs fix them: the
+  count changes the last bits of a map).
 
 Example:
     >>> import torch
@@ -30,7 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["cudnn_benchmark", "explaining", "gradients_on", "reusing_freed_memory"]
+__all__ = ["cudnn_benchmark", "explaining", "gradients_on", "intra_op_threads",
+           "reusing_freed_memory"]
 
 
 @contextmanager
@@ -95,6 +98,26 @@ def cudnn_benchmark(enabled: bool, *, deterministic: bool | None = None) -> Iter
         yield
     finally:
         cudnn.benchmark, cudnn.deterministic = before
+
+
+@contextmanager
+def intra_op_threads(count: int) -> Iterator[None]:
+    """torch's intra-op CPU threads set to `count` for the block (`torch.set_num_threads`),
+    then back to what they were.
+
+    >>> before = torch.get_num_threads()
+    >>> with intra_op_threads(1):
+    ...     torch.get_num_threads()
+    1
+    >>> torch.get_num_threads() == before
+    True
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # glibc mallopt parameters (malloc.h)

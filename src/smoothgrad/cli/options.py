@@ -110,9 +110,10 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
-def add_smoothing_options(parser: argparse.ArgumentParser, *, aggregate: bool = True) -> None:
+def add_smoothing_options(parser: argparse.ArgumentParser, *, aggregate: bool = True,
+                          unit: str = "image") -> None:
     parser.add_argument("--samples", type=samples_arg, default=50, metavar="N|auto",
-                        help="noisy copies per image, or auto (until --tol) (default: 50)")
+                        help=f"noisy copies per {unit}, or auto (until --tol) (default: 50)")
     parser.add_argument("--tol", type=positive_float, default=0.05,
                         help="with --samples auto: stop at this relative standard error "
                              "(default: 0.05)")
@@ -142,9 +143,9 @@ def add_method_option(parser: argparse.ArgumentParser) -> None:
                         help="base attribution method (default: gradient)")
 
 
-def add_target_option(parser: argparse.ArgumentParser) -> None:
+def add_target_option(parser: argparse.ArgumentParser, unit: str = "image") -> None:
     parser.add_argument("--target", metavar="INDEX|LABEL",
-                        help="class to explain for every image (default: each prediction)")
+                        help=f"class to explain for every {unit} (default: each prediction)")
 
 
 def add_evaluation_options(parser: argparse.ArgumentParser) -> None:

@@ -10,6 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from smoothgrad import evaluation, images, methods, viz
 from smoothgrad.cli import common
 from smoothgrad.cli.options import (
@@ -76,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
     name = common.unique_names([args.image])[0]
     x = model.preprocess(image)
     explained = model.top_k(x, 1)[0][0] if target is None else model.labels[target]
+    with torch.no_grad():  # the figures name the explained class and its probability
+        probabilities = model(x).softmax(dim=1)[0]
+    index = int(probabilities.argmax()) if target is None else target
+    label = viz.class_label(index, float(probabilities[index]), model.labels)
     smoothed = f"{evaluation.SMOOTHING_NAMES[args.aggregate]} + {methods.title(args.method)}"
     common.say(args, f"{name}: {smoothed}, explaining {explained!r}")
     result = evaluation.sweep(
@@ -88,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     common.say(args, evaluation.format_table(result.rows, evaluation.SWEEP_COLUMNS))
     stem = f"{name}_{args.method}"
     written = []
-    drawn = figures(args, result, model.crop(image), name, smoothed, shown)
+    drawn = figures(args, result, model.crop(image), name, f"{smoothed} for {label}", shown)
     for figure, part in zip(drawn, ("noise", "samples", "convergence"), strict=True):
         written += viz.save(figure, args.out / f"{stem}_{part}", args.save)
     settings = {"image": args.image, "model": args.model, "method": args.method,
