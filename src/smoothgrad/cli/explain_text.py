@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from smoothgrad import hf, models
-from smoothgrad.cli.common import say, target_of
+from smoothgrad.cli.common import check_output_folder, say, target_of
 from smoothgrad.cli.options import (
     add_method_option,
     add_smoothing_options,
     add_target_option,
     positive_int,
+    smoothing,
 )
 from smoothgrad.cli.parser import Parser, UsageError, subcommand
 from smoothgrad.files import write_atomically
@@ -89,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
     """`smoothgrad explain-text`: everything is checked before anything is written."""
     if not hf.is_hf(args.model):
         raise UsageError("--model: explain-text needs a Hugging Face directory, hf:DIR")
-    if args.out.exists() and not args.out.is_dir():
-        raise UsageError(f"--out: '{args.out}' is not a folder")
+    smoothing(args)  # every smoothing option checked before the model loads
+    check_output_folder(args.out)
     model = models.load(args.model, device=args.device)
     assert isinstance(model, hf.TextModel)
     shown = explain_text(

@@ -37,8 +37,10 @@ def check(args: argparse.Namespace) -> viz.Style:
                          f"--samples ({max(args.samples)})")
     if args.aggregate == "var" and min(*args.samples, args.at_samples) < 2:
         raise UsageError("--aggregate var needs at least 2 samples per map")
+    shown = style(args)
+    common.check_output_folder(args.out)
     common.check_output_file(args.json, "--json", args.out)
-    return style(args)
+    return shown
 
 
 def figures(args: argparse.Namespace, result: evaluation.Sweep, picture: Any, name: str,
@@ -89,8 +91,10 @@ def run(args: argparse.Namespace) -> int:
         written += viz.save(figure, args.out / f"{stem}_{part}", args.save)
     settings = {"image": args.image, "model": args.model, "method": args.method,
                 "aggregate": args.aggregate, "target": explained, "seed": args.seed,
-                "at_noise": args.at_noise, "at_samples": args.at_samples,
-                "reference_samples": args.reference_samples, "steps": args.steps}
+                "noises": args.noise, "samples": args.samples, "at_noise": args.at_noise,
+                "at_samples": args.at_samples, "reference_samples": args.reference_samples,
+                "steps": args.steps, "antithetic": args.antithetic,
+                "batch_size": args.batch_size}
     written += common.write_tables(result.rows, list(evaluation.SWEEP_COLUMNS),
                             args.out / f"{stem}_sweep.csv", args.json, settings)
     for path in written:
