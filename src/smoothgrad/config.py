@@ -100,8 +100,9 @@ class SmoothConfig:
       `samples` or `steps`. "auto" starts from `default_batch_size(device)` and times the
       call's own passes to find the fastest size (see `smoothgrad.tuning`).
     - antithetic: noise pairs ε, −ε; standard errors are then taken over pair averages.
-    - fast: explain an optimised copy of the model (see `smoothgrad.fast`), with glibc's
-      malloc keeping freed blocks for the call. The clean prediction uses the model itself.
+    - fast: explain an optimised copy of the model (see `smoothgrad.fast`). The clean
+      prediction uses the model itself. (`guard.reusing_freed_memory` is a further opt-in
+      for CPUs: process-wide, see its docstring.)
     - estimator: "monte_carlo" (the average over noisy copies) or "mean_field": `samples`
       noisy forward passes, then one backward with every rectifier's gate replaced by its
       expectation (gradient and input_x_gradient, aggregate "mean"; biased, see

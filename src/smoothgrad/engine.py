@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -26,7 +25,7 @@ from typing_extensions import Unpack
 
 from smoothgrad import targets
 from smoothgrad.config import SmoothConfig, SmoothOptions, configured
-from smoothgrad.guard import explaining, gradients_on, reusing_freed_memory
+from smoothgrad.guard import explaining, gradients_on
 from smoothgrad.inputs import Extras, bind, examples, repeat_rows, split_method
 from smoothgrad.methods import BY_NAME, attributed, bounded, resolve_method, rows_per_input
 from smoothgrad.noise import standard_normal
@@ -101,10 +100,9 @@ def smooth(
         return smooth_mean_field(model, x, options, target, progress)  # type: ignore[return-value]
     caught: list[warnings.WarningMessage] = []
     try:
-        with explaining(model), gradients_on(), contextlib.ExitStack() as session, \
-                warnings.catch_warnings(record=True) as caught:
+        with explaining(model), gradients_on(), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            run = _Run(model, x, options, target, session, extras, per_call)
+            run = _Run(model, x, options, target, extras, per_call)
             _loop(run, progress, callback)
             result = run.result(final=True)
     finally:
@@ -178,7 +176,7 @@ class _Run:
     """
 
     def __init__(self, model: nn.Module, x: Any, options: SmoothConfig,
-                 target: targets.Requested, session: contextlib.ExitStack, extras: Extras,
+                 target: targets.Requested, extras: Extras,
                  per_call: dict[str, Any]) -> None:
         self.options = options
         subject = extras.prepare(model, x)
@@ -203,7 +201,6 @@ class _Run:
         if options.fast:
             from smoothgrad.fast import cached_copy
             self.runner = cached_copy(model, self.x.clone(), self.target)
-            session.enter_context(reusing_freed_memory())
         self.explain = resolve_method(options.method)
         self.passes = Passes(model, self.x, method=options.method,
                              batch_size=options.batch_size, fast=options.fast,
