@@ -89,7 +89,7 @@ def black(folder: Path) -> Path:
     return path
 
 
-def commands(tiny: Path, tmp_path: Path) -> dict[str, list[str]]:
+def commands(tiny: Path, tmp_path: Path, bert: Path) -> dict[str, list[str]]:
     model = ["--model", f"{tiny}:build"]
     photo = str(black(tmp_path / "photos"))
     (tmp_path / "photos" / "cat.jpg").write_bytes(Path(CAT).read_bytes())
@@ -103,19 +103,21 @@ def commands(tiny: Path, tmp_path: Path) -> dict[str, list[str]]:
         "sweep": ["sweep", photo, *model, "--noise", "0,0.1", "--samples", "2", "--at-samples",
                   "2", "--reference-samples", "3", "--steps", "2", "--out", "out"],
         "demo": ["demo", *model, *unconverged, "--out", "out"],
+        "explain-text": ["explain-text", "w1 w2", "--model", f"hf:{bert}", *unconverged,
+                         "--out", "out"],
     }
 
 
-WRITTEN = {"explain": 6, "batch": 4, "evaluate": 1, "sweep": 4, "demo": 2}
+WRITTEN = {"explain": 6, "batch": 4, "evaluate": 1, "sweep": 4, "demo": 2, "explain-text": 2}
 """Files each command of `commands` writes into out/ (batch: its two maps and two errors)."""
 
 
 @pytest.mark.parametrize("command", list(WRITTEN))
-def test_a_closed_stdout_and_stderr_cost_no_result(command: str, tiny: Path,
+def test_a_closed_stdout_and_stderr_cost_no_result(command: str, tiny: Path, bert: Path,
                                                    tmp_path: Path) -> None:
     """Issue 18: `smoothgrad batch DIR --out O 2>&1 | head -n 1` recorded every image after
     the first warning as failed with BrokenPipeError; the other commands lost their work."""
-    argv = commands(tiny, tmp_path)[command]
+    argv = commands(tiny, tmp_path, bert)[command]
     (tmp_path / "out").mkdir()
     read, write = os.pipe()
     os.close(read)  # `| head -n 0`: every write to stdout or stderr fails with EPIPE
@@ -126,7 +128,7 @@ def test_a_closed_stdout_and_stderr_cost_no_result(command: str, tiny: Path,
         os.close(write)
     assert done.returncode == 0
     written = [p for p in (tmp_path / "out").rglob("*")
-               if p.is_file() and p.suffix in (".npy", ".png", ".json", ".csv")
+               if p.is_file() and p.suffix in (".npy", ".png", ".json", ".csv", ".html")
                and p.parent.name != "records" and p.name != "run.json"]
     assert len(written) >= WRITTEN[command], written
     if command == "batch":
