@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import site
 import sys
 import sysconfig
 import traceback
@@ -40,8 +41,9 @@ DEBUG_VARIABLE = "SMOOTHGRAD_DEBUG"
 """Set to 1 (like ``--debug``) to get the traceback of an error."""
 
 _PACKAGE = Path(smoothgrad.__file__).resolve().parent
-_LIBRARIES = {Path(sysconfig.get_paths()[key]).resolve()
-              for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+_LIBRARIES = {Path(path).resolve() for path in (
+    *(sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")),
+    *site.getsitepackages(), site.getusersitepackages())}
 
 
 class Survivable:
