@@ -168,12 +168,12 @@ def load(name: str | os.PathLike[str], device: str | torch.device | None = None,
     try:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
     except ImportError:
-        raise ImportError("hf: models need the transformers package: "
-                          "pip install 'smoothgrad[text]'") from None
+        raise ModelError("hf: models need the transformers package: "
+                         "pip install 'smoothgrad[text]'") from None
+    target = resolve_device(device)  # a device this machine lacks: refused before loading
     with _silenced(bars=not progress or quiet, messages=quiet):
         model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    target = resolve_device(device)
     return TextModel(model.eval().to(target), tokenizer, f"{PREFIX}{path}", device=target)
 
 

@@ -22,6 +22,7 @@ from PIL import Image
 from torch import Tensor
 
 from smoothgrad import images
+from smoothgrad.errors import UserError
 from smoothgrad.files import one_line
 
 __all__ = ["IMAGE_SUFFIXES", "SUFFIXES", "BatchError", "Decoded", "Source", "collect",
@@ -35,7 +36,7 @@ SUFFIXES = {"arrays": ".npy", "stderr": ".npy", "figures": ".png", "records": ".
 """The output trees of a run and the ending their files get."""
 
 
-class BatchError(ValueError):
+class BatchError(UserError, ValueError):
     """A batch run cannot start (bad input, a locked or foreign output folder); one line."""
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from smoothgrad import batch
-from smoothgrad.cli.common import say
+from smoothgrad.cli.common import check_output_folder, say
 from smoothgrad.cli.options import (
     add_figure_options,
     add_method_option,
@@ -100,6 +100,7 @@ def job(args: argparse.Namespace) -> batch.Job:
 def run(args: argparse.Namespace) -> int:
     """`smoothgrad batch`; returns the exit code (0 ok, 1 some images failed, 2 bad usage)."""
     todo = job(args)
+    check_output_folder(args.out)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore" if args.quiet else "always", batch.RunWarning)
         summary = batch.run(todo)

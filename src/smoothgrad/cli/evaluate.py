@@ -120,9 +120,11 @@ def run(args: argparse.Namespace) -> int:
             log=lambda line: say(args, f"  {line}"),
             progress=progress_bars(args))
     say(args, evaluation.format_table(rows))
-    settings = {"images": args.images, "model": args.model, "samples": args.samples,
-                "noise": args.noise, "stdev": args.stdev, "seed": args.seed,
-                "antithetic": args.antithetic, "metrics": args.metrics,
+    used = smoothing(args).as_dict()  # what was used: noise resolved, tol, max_samples, ...
+    settings = {"images": args.images, "model": args.model, "methods": args.methods,
+                "aggregates": args.aggregates, "target": target, "metrics": args.metrics,
+                **{key: used[key] for key in ("samples", "noise", "stdev", "seed", "antithetic",
+                                              "batch_size", "tol", "max_samples")},
                 **metric_settings(options),
                 "infidelity_perturbations": args.infidelity_perturbations,
                 "infidelity_std": args.infidelity_std,

@@ -18,7 +18,7 @@ from PIL import Image
 from torch import Tensor
 
 from smoothgrad import display, images, models, viz
-from smoothgrad.cli.common import load_model, say, target_of, unique_names
+from smoothgrad.cli.common import check_output_folder, load_model, say, target_of, unique_names
 from smoothgrad.cli.options import (
     add_figure_options,
     add_method_option,
@@ -135,6 +135,7 @@ def array_files(item: Explained, stem: Path) -> dict[Path, bytes]:
 def run(args: argparse.Namespace) -> int:
     """`smoothgrad explain`: everything is checked before anything is written."""
     shown, config = style(args), smoothing(args)
+    check_output_folder(args.out)
     loaded = [images.load(path) for path in args.images]
     model = load_model(args)
     target = target_of(args, model)

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from smoothgrad import hf
-from smoothgrad.cli.common import say, target_of
-from smoothgrad.cli.options import add_smoothing_options, add_target_option, positive_int
+from smoothgrad.cli.common import check_output_folder, say, target_of
+from smoothgrad.cli.options import add_smoothing_options, add_target_option, positive_int, smoothing
 from smoothgrad.cli.parser import Parser, UsageError, subcommand
 from smoothgrad.files import write_atomically
 from smoothgrad.text import TEXT_METHODS, TextMaps, explain_text
@@ -86,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
     """`smoothgrad explain-text`: everything is checked before anything is written."""
     if not hf.is_hf(args.model):
         raise UsageError("--model: explain-text needs a Hugging Face directory, hf:DIR")
-    if args.out.exists() and not args.out.is_dir():
-        raise UsageError(f"--out: '{args.out}' is not a folder")
+    smoothing(args)  # every smoothing option checked before the model loads
+    check_output_folder(args.out)
     model = hf.load(args.model, device=args.device, quiet=args.quiet,
                     progress=sys.stderr.isatty())  # like the other commands' bars
     limit = model.max_length

@@ -101,8 +101,11 @@ def metrics_arg(text: str) -> list[str]:
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=models.DEFAULT_MODEL, metavar="NAME|module:fn",
-                        help=f"model name or factory (default: {models.DEFAULT_MODEL}, offline)")
+    parser.add_argument("--model", default=models.DEFAULT_MODEL,
+                        metavar="NAME|module:fn|file.py:fn",
+                        help=f"a model name, or your own factory as module:fn or file.py:fn "
+                             f"(a function returning an nn.Module, or (module, preprocess)) "
+                             f"(default: {models.DEFAULT_MODEL}, offline)")
     parser.add_argument("--weights", type=Path, metavar="FILE",
                         help="local state-dict file for the model")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="cpu",
@@ -195,9 +198,12 @@ def metric_settings(options: evaluation.MetricOptions) -> dict[str, object]:
 
 
 def style(args: argparse.Namespace) -> viz.Style:
-    """The figure options as a checked :class:`viz.Style`."""
-    return viz.Style(activation=args.activation, skew=args.skew, percentile=args.percentile,
-                     colormap=args.colormap)
+    """The figure options as a checked :class:`viz.Style` (a bad one is a UsageError)."""
+    try:
+        return viz.Style(activation=args.activation, skew=args.skew, percentile=args.percentile,
+                         colormap=args.colormap)
+    except ValueError as exc:  # viz checks what the user typed: their error, not ours
+        raise UsageError(str(exc)) from None
 
 
 def smoothing(args: argparse.Namespace) -> SmoothConfig:

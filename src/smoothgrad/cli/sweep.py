@@ -42,9 +42,10 @@ def check(args: argparse.Namespace) -> tuple[viz.Style, evaluation.MetricOptions
                          f"--samples ({max(args.samples)})")
     if args.aggregate == "var" and min(*args.samples, args.at_samples) < 2:
         raise UsageError("--aggregate var needs at least 2 samples per map")
-    options = metric_options(args)
+    shown, options = style(args), metric_options(args)
+    common.check_output_folder(args.out)
     common.check_output_file(args.json, "--json", args.out)
-    return style(args), options
+    return shown, options
 
 
 def figures(args: argparse.Namespace, result: evaluation.Sweep, picture: Any, name: str,
@@ -99,8 +100,10 @@ def run(args: argparse.Namespace) -> int:
         written += viz.save(figure, args.out / f"{stem}_{part}", args.save)
     settings = {"image": args.image, "model": args.model, "method": args.method,
                 "aggregate": args.aggregate, "target": explained, "seed": args.seed,
-                "at_noise": args.at_noise, "at_samples": args.at_samples,
-                "reference_samples": args.reference_samples, **metric_settings(options)}
+                "noises": args.noise, "samples": args.samples, "at_noise": args.at_noise,
+                "at_samples": args.at_samples, "reference_samples": args.reference_samples,
+                "antithetic": args.antithetic, "batch_size": args.batch_size,
+                **metric_settings(options)}
     written += common.write_tables(result.rows, list(evaluation.SWEEP_COLUMNS),
                             args.out / f"{stem}_sweep.csv", args.json, settings)
     for path in written:
