@@ -889,8 +889,8 @@ def test_the_option_given_is_the_option_used(row: Row, runs: Runs,
     runs.capsys = capsys
     real = hf.load
 
-    def recording(name: Any, device: Any = None) -> Any:
-        model = real(name, device=device)
+    def recording(name: Any, *args: Any, **kwargs: Any) -> Any:
+        model = real(name, *args, **kwargs)
         model.register_forward_pre_hook(lambda _, args: runs.text_rows.append(args[0].shape[0]))
         return model
 
