@@ -46,8 +46,7 @@ from smoothgrad.result import SmoothResult, relative_error, target_probability
 if TYPE_CHECKING:
     from smoothgrad.config import SmoothConfig
 
-__all__ = ["GATED", "MeanFieldResult", "Validation", "check_options", "mean_field",
-           "smooth_mean_field"]
+__all__ = ["GATED", "MeanFieldResult", "Validation", "mean_field", "smooth_mean_field"]
 
 @dataclass(frozen=True)
 class Validation:
@@ -278,27 +277,6 @@ def _validation(samples: int, estimate: Tensor, stderr: Tensor, mc: Tensor,
         noise_floor=floor.float(),
         bias=(distance.square() - floor.square()).clamp(min=0).sqrt().float(),
         monte_carlo=mc)
-
-
-def check_options(options: SmoothConfig) -> None:
-    """Refuse `smooth` options that the mean-field estimator does not implement."""
-    if options.estimator != "mean_field":
-        raise ValueError(f"estimator must be 'monte_carlo' or 'mean_field', "
-                         f"got {options.estimator!r}")
-    problems = []
-    if options.method not in ("gradient", "input_x_gradient"):
-        problems.append(f"method must be 'gradient' or 'input_x_gradient' "
-                        f"(got {options.method_name!r})")
-    if options.samples == "auto":
-        problems.append("samples must be a number")
-    if options.aggregates != ("mean",):
-        problems.append("aggregate must be 'mean'")
-    if options.antithetic or options.fast:
-        problems.append("antithetic and fast are not supported")
-    if options.stdev is not None and not isinstance(options.stdev, float):
-        problems.append("stdev must be one number")
-    if problems:
-        raise ValueError("estimator='mean_field': " + "; ".join(problems))
 
 
 def smooth_mean_field(model: nn.Module, x: object, options: SmoothConfig, target: Any,
