@@ -66,9 +66,9 @@ def sweep(model: nn.Module, x: Tensor, config: SweepSettings | None = None, *,
 
     def map_at(noise: float, n: int, seed: int = config.seed) -> SmoothResult:
         if (noise, n, seed) not in cache:
-            result = smooth(model, x, method=config.method, target=target_t, samples=n,
-                            noise=noise, seed=seed, progress=run.report("maps", total),
-                            **config.smoothing)
+            result = smooth(model, x, config.smoothing, method=config.method,
+                            target=target_t, samples=n, noise=noise, seed=seed,
+                            progress=run.report("maps", total))
             cache[noise, n, seed] = result
             if log is not None and seed == config.seed:
                 log(f"{_name(config.method)}: noise {noise:g}, {result.samples} samples")
