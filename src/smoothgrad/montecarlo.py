@@ -1,0 +1,235 @@
+"""The Monte-Carlo estimator: the average of the base method over seeded noisy copies.
+
+`monte_carlo(call)` is what `smooth` runs by default: passes of noisy copies, sized and
+retried by `tuning.Passes`, their maps folded into running statistics (`stats.SampleStats`)
+by one `_Run`, which also assembles the `SmoothResult`.
+
+Example:
+    >>> import torch
+    >>> from smoothgrad.config import SmoothConfig
+    >>> from smoothgrad.estimator import Call
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
+    >>> monte_carlo(Call(model, torch.randn(2, 4), SmoothConfig(samples=20, seed=0))).samples
+    20
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from smoothgrad import targets
+from smoothgrad.config import SmoothConfig
+from smoothgrad.estimator import Call
+from smoothgrad.guard import explaining, gradients_on
+from smoothgrad.inputs import Inputs, bind, repeat_rows
+from smoothgrad.methods import attributed, bounded, resolve_method, rows_per_input
+from smoothgrad.noise import standard_normal
+from smoothgrad.outputs import pick
+from smoothgrad.result import SmoothResult, relative_error, target_probability
+from smoothgrad.stats import SampleStats
+from smoothgrad.tuning import Passes
+
+__all__ = ["AUTO_STEP", "monte_carlo"]
+
+AUTO_STEP = 10
+"""With `samples="auto"`, convergence is checked after every AUTO_STEP samples."""
+
+
+def monte_carlo(call: Call) -> SmoothResult[Any]:
+    """SmoothGrad of the call by Monte Carlo: the aggregates of M(x + ε_k) over k.
+
+    The model is explained in eval mode with frozen parameters and is restored afterwards;
+    autograd is on for the passes whatever the caller's grad mode (which is restored).
+    Warnings from the passes are given once per call, at the caller's line.
+    """
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with (explaining(call.model), gradients_on(),
+              warnings.catch_warnings(record=True) as caught):
+            warnings.simplefilter("always")
+            run = _Run(call.model, call.x, call.options, call.target, call.inputs,
+                       call.per_call)
+            _loop(run, call.progress, call.callback)
+            result = run.result(final=True)
+    finally:
+        _report(caught)
+    return result
+
+
+def _loop(run: _Run, progress: Callable[[int], None] | None,
+          callback: Callable[[SmoothResult], None] | None) -> None:
+    """Passes until `run` has its samples (or has converged with samples="auto")."""
+    auto = run.options.samples == "auto"
+    while run.done < run.limit:
+        copies = run.passes.copies()
+        boundary = (run.done // AUTO_STEP + 1) * AUTO_STEP if auto else run.limit
+        count = min(copies, boundary - run.done, run.limit - run.done)
+        run.passes.start()
+        try:
+            run.add(count)
+        except torch.cuda.OutOfMemoryError:
+            if run.passes.out_of_memory(count):
+                continue
+            raise
+        run.passes.done(copies, count)
+        if progress is not None:
+            progress(count)
+        if callback is not None:
+            callback(run.result())
+        if auto and run.done % AUTO_STEP == 0 and run.worst_error() <= run.options.tol:
+            return
+    if auto and run.limit > 1:
+        worst = run.worst_error()
+        if worst > run.options.tol:
+            warnings.warn(f"samples='auto' stopped at max_samples={run.limit} with relative "
+                          f"error {worst:.3g} > tol={run.options.tol}: the map has not "
+                          "converged", stacklevel=2)
+
+
+def _report(caught: list[warnings.WarningMessage]) -> None:
+    """Give each distinct warning of the call once, pointing at the caller of `smooth`
+    (`smooth` -> `monte_carlo` -> here)."""
+    seen: set[tuple[type[Warning], str]] = set()
+    for message in caught:
+        key = (message.category, str(message.message))
+        if key not in seen:
+            seen.add(key)
+            warnings.warn(str(message.message), message.category, stacklevel=4)
+
+
+class _Run:
+    """One call's state: the clean target, σ, the pass policy and the running statistics.
+
+    What is noised and explained comes from `smoothgrad.inputs`: x itself for one floating
+    tensor, else the floating inputs side by side, or a layer's output.
+    """
+
+    def __init__(self, model: nn.Module, x: Any, options: SmoothConfig,
+                 target: targets.Requested, extras: Inputs,
+                 per_call: Mapping[str, Any]) -> None:
+        self.options = options
+        subject = extras.prepare(model, x)
+        explained = subject.explained
+        self.x = explained.detach().clone() if explained.is_inference() else explained.detach()
+        clean = subject.clean
+        if clean is None:
+            with torch.no_grad():
+                clean = subject.runner()(self.x.clone())  # a copy: the model may edit x
+        if subject.direct and not isinstance(clean, Tensor):
+            subject, clean = subject.wrapped(), pick(clean)
+        self.subject, self.per_call = subject, subject.at_layer(per_call)
+        self.target = targets.resolve(target, clean)
+        self.probability = target_probability(clean, None if callable(self.target)
+                                              else self.target)
+        self.sigma = extras.sigma(subject, self.x, options)
+        self.inputs, self.shown_sigma = subject.shown(self.sigma)
+        if subject.direct and subject.layer is None and not subject.several:
+            self.inputs = x
+        self.limit = options.limit if self.sigma.any() else 1
+        _warn_without_range(self.sigma.flatten(1).amax(dim=1) if self.sigma.dim() > 1
+                            else self.sigma, options)
+        self.runner = model
+        if options.fast:
+            from smoothgrad.fast import cached_copy
+            self.runner = cached_copy(model, self.x.clone(), self.target)
+        self.explain = resolve_method(options.method)
+        self.passes = Passes(model, self.x, method=options.method,
+                             batch_size=options.batch_size, fast=options.fast,
+                             limit=self.limit, stops_early=options.samples == "auto",
+                             unit=rows_per_input(options.method))
+        self.stats = [SampleStats(self.x[part].shape, options.aggregates,
+                                  antithetic=options.antithetic, device=self.x.device)
+                      for part in self.passes.parts]
+        self.flips = torch.zeros(self.x.shape[0], device=self.x.device)
+        self.done = 0
+
+    def add(self, count: int) -> None:
+        """Explain the next `count` noisy copies of every example."""
+        seed, antithetic, indices = (self.options.seed, self.options.antithetic,
+                                     range(self.done, self.done + count))
+        shared = None
+        if self.subject.mask is None:  # the same standard-normal draw for every example
+            shared = standard_normal(seed, indices, self.x.shape[1:], antithetic=antithetic,
+                                     device=self.x.device, dtype=self.x.dtype).unsqueeze(1)
+        for part, stats in zip(self.passes.parts, self.stats, strict=True):
+            noise = shared if shared is not None else self.subject.noise(
+                seed, indices, part, antithetic=antithetic)
+            assert noise is not None
+            self.flips[part] += self._pass(part, noise, stats)
+        self.done += count
+
+    def _pass(self, part: slice, noise: Tensor, stats: SampleStats) -> Tensor:
+        """One pass over the noisy copies x[part] + σ·noise[k]; returns flips per example."""
+        x, count, shape = self.x[part], noise.shape[0], self.x.shape[1:]
+        sigma = self.sigma[part]
+        scale = sigma.reshape(*sigma.shape, *([1] * (x.dim() - sigma.dim())))
+        batch = (x.unsqueeze(0) + scale.unsqueeze(0) * noise).reshape(-1, *shape)
+        target = self.target if callable(self.target) else self.target[part].repeat(count)
+        runner = self.runner if self.subject.direct else self.subject.runner(part)
+        rows = self.passes.rows if self.subject.direct else max(
+            x.shape[0], self.passes.rows // x.shape[0] * x.shape[0])  # whole groups of copies
+        explain = bind(bounded(self.explain, self.options.method, rows), self.per_call,
+                       self.subject.n, part, count)
+        attribution, output = attributed(explain(runner, batch, target), batch.shape[0])
+        if attribution.shape != batch.shape:
+            raise ValueError(f"method must return a tensor shaped like its input "
+                             f"{tuple(batch.shape)}, got {tuple(attribution.shape)}")
+        keep = self.subject.keep(part)
+        if keep is not None:  # padding: zero attribution
+            attribution = attribution * repeat_rows(keep, count)
+        flipped = torch.zeros(x.shape[0], device=x.device)
+        if not callable(target):
+            if output is None:  # the method never evaluated the noisy batch itself (IG)
+                with torch.no_grad():
+                    output = runner(batch)
+            targets.check_logits(output)
+            flipped = (output.argmax(dim=1) != target).view(count, -1).sum(dim=0).float()
+        stats.update(attribution.detach().reshape(count, *x.shape))
+        return flipped.to(x.device)
+
+    def worst_error(self) -> float:
+        """The largest relative error of the main aggregate over the examples."""
+        name = self.options.aggregates[0]
+        return max(float(relative_error(s.stderr(name), s.aggregate(name)).max())
+                   for s in self.stats)
+
+    def result(self, *, final: bool = False) -> SmoothResult[Any]:
+        """The result so far (`final`: the call's, checked to be finite)."""
+        dtype, noisy = self.x.dtype, bool(self.sigma.any())
+        maps = {}
+        for name in self.options.aggregates:
+            value = torch.cat([s.aggregate(name) for s in self.stats]).to(dtype)
+            stderr = torch.cat([s.stderr(name) for s in self.stats]).to(dtype)
+            if final and not bool(torch.isfinite(value).all()):
+                raise FloatingPointError(
+                    f"{self.options.method_name} gave a non-finite {name} map for a finite "
+                    f"input (in {dtype}); compute in float32 or check the model for overflow")
+            maps[name] = (self.subject.unpack(value),
+                          self.subject.unpack(stderr if noisy else torch.zeros_like(stderr)))
+        main = self.options.aggregates[0]
+        resolved = None if callable(self.target) else self.target
+        return SmoothResult(
+            attribution=maps[main][0], stderr=maps[main][1], samples=self.done,
+            target=resolved, sigma=self.shown_sigma, aggregate=main,
+            flip_rate=None if resolved is None else self.flips / max(self.done, 1),
+            inputs=self.inputs, method=self.options.method_name, probability=self.probability,
+            maps=maps)
+
+
+def _warn_without_range(sigma: Tensor, options: SmoothConfig) -> None:
+    """Policy: warn (not refuse) when relative noise meets an example with no range.
+
+    A constant input (a black image) is legitimate and its map is well defined — the base
+    method's — but SmoothGrad was asked for and none happens, which the caller should know.
+    """
+    if options.stdev is None and options.noise and not bool(sigma.all()):
+        flat = [int(i) for i in (sigma == 0).nonzero().flatten()]
+        which = "the input has" if sigma.shape[0] == 1 else f"examples {flat} have"
+        warnings.warn(f"{which} no range (max = min), so σ = noise × range = 0: the map is "
+                      "the base method's, without smoothing; pass stdev= for an absolute σ",
+                      stacklevel=2)
