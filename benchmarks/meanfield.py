@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 import smoothgrad as sg
 from smoothgrad import images, metrics, models, viz
-from smoothgrad.methods import BY_NAME
+from smoothgrad.methods.registry import BY_NAME
 from smoothgrad.targets import Resolved as Target
 
 ROOT = Path(__file__).resolve().parents[1]

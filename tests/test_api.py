@@ -106,3 +106,15 @@ def test_a_result_draws_its_plain_map_with_the_method_it_was_made_with() -> None
                            flip_rate=None, aggregate="mean", inputs=x)
     with pytest.raises(ValueError, match="keeps no plain pass"):
         bare.show(model)
+
+
+def test_the_methods_package_names_methods_only() -> None:
+    """`sg.methods` exports the base methods; the registry (read-only) is its own module, and
+    a method's `(map, output)` pair is a named tuple, the map first."""
+    assert sorted(sg.methods.__all__) == sorted(sg.methods.registry.BY_NAME)
+    assert all(callable(getattr(sg.methods, name)) for name in sg.methods.__all__)
+    with pytest.raises(TypeError):
+        sg.methods.registry.BY_NAME["mine"] = gradient  # type: ignore[index]
+    model, x = nn.Linear(3, 2), torch.ones(1, 3)
+    pair = gradient.with_output(model, x, torch.tensor([1]))
+    assert pair._fields[:2] == ("map", "output") and pair[0] is pair.map

@@ -156,7 +156,7 @@ def test_deeplift_warns_on_max_pooling() -> None:
 
 def test_smoothgrad_over_every_method_runs_on_noisy_batches(x: Tensor) -> None:
     model = seeded(ReusedReluCNN())
-    for name in sg.methods.BY_NAME:
+    for name in sg.methods.registry.BY_NAME:
         result = sg.smooth(model, x, method=name, samples=4, batch_size=3)
         assert result.attribution.shape == x.shape and torch.isfinite(result.attribution).all()
 
@@ -259,12 +259,12 @@ def test_deeplift_in_half_precision_is_finite_and_close(make) -> None:  # type: 
     assert float((half.float() - full).abs().max() / scale) < 0.05
 
 
-@pytest.mark.parametrize("method", sorted(sg.methods.BY_NAME))
+@pytest.mark.parametrize("method", sorted(sg.methods.registry.BY_NAME))
 def test_methods_return_the_output_they_computed(method: str, cnn: nn.Module, x: Tensor) -> None:
     """with_output gives (map, output): the model's output on exactly the given rows, or
     None (integrated gradients never evaluates x itself); calling gives the map."""
     target = torch.tensor([1, 3])
-    chosen = sg.methods.BY_NAME[method]
+    chosen = sg.methods.registry.BY_NAME[method]
     attribution, output = chosen.with_output(cnn, x, target)
     torch.testing.assert_close(attribution, chosen(cnn, x, target))
     if method == "integrated_gradients":

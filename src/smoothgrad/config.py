@@ -30,7 +30,7 @@ from torch import Tensor
 from typing_extensions import TypedDict
 
 from smoothgrad.errors import OptionError
-from smoothgrad.methods import Method, resolve_method
+from smoothgrad.methods.registry import Method, resolve_method
 from smoothgrad.noise import DEFAULT_NOISE
 from smoothgrad.stats import AGGREGATES
 
@@ -116,7 +116,7 @@ class SmoothConfig:
       stdev: an absolute σ instead (Captum's `stdevs`). Not both. σ = 0 gives exactly
       the base method's attribution (one pass, `samples` = 1); a σ that is not finite is
       refused. An example with no range (a constant input) gets σ = 0, with a warning.
-    - method: a name in `sg.methods.BY_NAME`, a callable `(model, x, target)` returning the
+    - method: a name in `sg.methods.registry.BY_NAME`, a callable `(model, x, target)` returning the
       map or `(map, output)` (`functools.partial` for options; it runs with autograd on,
       whatever the caller's grad mode), or a Captum `Attribution` object.
     - aggregate: "mean" (SmoothGrad), "abs" (mean |M|), "square" (SmoothGrad², mean M²) or

@@ -37,7 +37,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from smoothgrad import viz
-from smoothgrad.methods import title as method_title
+from smoothgrad.methods.registry import title as method_title
 from smoothgrad.stats import AGGREGATE_TITLES
 
 if TYPE_CHECKING:

@@ -29,7 +29,7 @@ from smoothgrad.config import SmoothConfig, SmoothOptions, configured
 from smoothgrad.estimator import Call, Estimator, check_input
 from smoothgrad.inputs import INPUT_FIELDS, Inputs, examples
 from smoothgrad.meanfield import mean_field
-from smoothgrad.methods import BY_NAME, resolve_method
+from smoothgrad.methods.registry import BY_NAME, resolve_method
 from smoothgrad.montecarlo import AUTO_STEP, monte_carlo
 from smoothgrad.outputs import OutputFn
 from smoothgrad.result import SmoothResult

@@ -27,7 +27,7 @@ from smoothgrad.config import SmoothConfig
 from smoothgrad.estimator import Call
 from smoothgrad.guard import explaining, gradients_on
 from smoothgrad.inputs import Inputs, bind, repeat_rows
-from smoothgrad.methods import attributed, bounded, resolve_method, rows_per_input
+from smoothgrad.methods.registry import attributed, bounded, resolve_method, rows_per_input
 from smoothgrad.noise import standard_normal
 from smoothgrad.outputs import pick
 from smoothgrad.result import SmoothResult, relative_error, target_probability

@@ -34,7 +34,7 @@ from smoothgrad.cli.options import (
     smoothing,
 )
 from smoothgrad.cli.parser import UsageError, subcommand
-from smoothgrad.methods import BY_NAME
+from smoothgrad.methods.registry import BY_NAME
 from smoothgrad.stats import AGGREGATES
 
 __all__ = ["add", "run"]
