@@ -305,14 +305,16 @@ def test_model_left_unchanged_when_the_model_raises(x: Tensor) -> None:
 
 
 def test_config_object_and_keywords_give_the_same_result(cnn: nn.Module, x: Tensor) -> None:
-    config = sg.SmoothConfig(samples=6, noise=0.2, seed=4, aggregate="square")
+    # a fixed pass size: bit-equality needs passes of the same rows (the tuner moves them)
+    config = sg.SmoothConfig(samples=6, noise=0.2, seed=4, aggregate="square", batch_size=4)
     by_config = sg.smooth(cnn, x, config)
-    by_keywords = sg.smooth(cnn, x, samples=6, noise=0.2, seed=4, aggregate="square")
+    by_keywords = sg.smooth(cnn, x, samples=6, noise=0.2, seed=4, aggregate="square",
+                            batch_size=4)
     assert torch.equal(by_config.attribution, by_keywords.attribution)
     changed = sg.smooth(cnn, x, config, seed=5)  # a keyword beside the config replaces it
     assert torch.equal(changed.attribution,
                        sg.smooth(cnn, x, samples=6, noise=0.2, seed=5,
-                                 aggregate="square").attribution)
+                                 aggregate="square", batch_size=4).attribution)
     assert sg.SmoothConfig().noise == sg.DEFAULT_NOISE == 0.15
     assert config.as_dict()["aggregate"] == "square"
 

@@ -272,14 +272,15 @@ class _Run:
         x, count, shape = self.x[part], noise.shape[0], self.x.shape[1:]
         sigma = self.sigma[part]
         scale = sigma.reshape(*sigma.shape, *([1] * (x.dim() - sigma.dim())))
-        batch = (x.unsqueeze(0) + scale.unsqueeze(0) * noise).reshape(-1, *shape)
+        batch = torch.addcmul(x.unsqueeze(0), scale.unsqueeze(0), noise).reshape(-1, *shape)
         target = self.target if callable(self.target) else self.target[part].repeat(count)
         runner = self.runner if self.subject.direct else self.subject.runner(part)
         rows = self.passes.rows if self.subject.direct else max(
             x.shape[0], self.passes.rows // x.shape[0] * x.shape[0])  # whole groups of copies
         explain = bind(bounded(self.explain, self.options.method, rows), self.per_call,
                        self.subject.n, part, count)
-        returned = attributed(explain(runner, batch, target), batch.shape[0])
+        with self.passes.measuring(batch.shape[0]):
+            returned = attributed(explain(runner, batch, target), batch.shape[0])
         attribution, output = returned
         self._note(returned.notes, part, count)
         if attribution.shape != batch.shape:
