@@ -48,10 +48,11 @@ def explaining(model: nn.Module) -> Iterator[nn.Module]:
     (`mode_dependent`) is in training mode. A fresh wrapper around a model in eval mode
     changes nothing and gets no warning.
     """
-    modes = [(module, module.training) for module in model.modules()]
-    flags = [(param, param.requires_grad) for param in model.parameters()]
-    changed = Counter(type(module).__name__ for module, training in modes
-                      if training and mode_dependent(module))
+    modules = list(model.modules())
+    training = [module for module in modules if module.training]
+    learning = [param for param in model.parameters() if param.requires_grad]
+    changed = Counter(type(module).__name__ for module in training if mode_dependent(module))
+    was_training = {id(module) for module in training}
     if changed:
         named = ", ".join(f"{name} ×{n}" if n > 1 else name for name, n in sorted(changed.items()))
         warnings.warn(
@@ -60,15 +61,17 @@ def explaining(model: nn.Module) -> Iterator[nn.Module]:
             stacklevel=4,
         )
     try:
-        model.eval()
-        for param, _ in flags:
+        if training:
+            model.eval()
+        for param in learning:
             param.requires_grad_(False)
         yield model
     finally:
-        for module, training in modes:
-            module.training = training
-        for param, requires_grad in flags:
-            param.requires_grad_(requires_grad)
+        for module in modules:  # only what eval() or the block changed: setting is slow
+            if module.training != (id(module) in was_training):
+                module.training = id(module) in was_training
+        for param in learning:
+            param.requires_grad_(True)
 
 
 _MODE_CLASSES = (nn.modules.dropout._DropoutNd | nn.modules.batchnorm._NormBase | nn.RNNBase

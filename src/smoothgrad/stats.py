@@ -40,32 +40,40 @@ class RunningMoments:
 
     Each `update` takes a chunk `(s, *shape)` of new samples and merges its own moments into
     the running ones with the pairwise formulas of Chan et al. and Pébay (2008), so the result
-    does not depend on how the stream was chunked (up to float rounding). Statistics are kept
-    in float64 (float32 on MPS, which has no float64).
+    does not depend on how the stream was chunked (up to float rounding). Without fourth
+    moments a chunk's mean and centred squares are taken in its dtype (float32 or wider;
+    centred first, so nothing cancels; ~1e-7 of a value), with them in the statistics'
+    dtype. They merge into running statistics kept in float64 (float32 on MPS, which has no
+    float64). `mean |M|` is kept only when `absolute` (aggregate "abs").
     """
 
     def __init__(self, shape: Sequence[int], *, device: torch.device | str = "cpu",
-                 fourth: bool = True) -> None:
+                 fourth: bool = True, absolute: bool = True) -> None:
         dtype = _stats_dtype(device)
         self.count = 0
-        self.fourth = fourth
+        self.fourth, self.absolute = fourth, absolute
         self.mean = torch.zeros(tuple(shape), dtype=dtype, device=device)
         self.abs_mean, self.m2 = torch.zeros_like(self.mean), torch.zeros_like(self.mean)
         self.m3, self.m4 = torch.zeros_like(self.mean), torch.zeros_like(self.mean)
 
     def update(self, chunk: Tensor) -> None:
         """Merge the samples `chunk[0], chunk[1], ...` into the running moments."""
-        values = chunk.to(self.mean.dtype, copy=True)  # a copy: centred in place below
-        nb = values.shape[0]
+        wide = torch.promote_types(chunk.dtype, torch.float32)
+        nb = chunk.shape[0]
         na, n = self.count, self.count + nb
-        mean_b = values.mean(dim=0)
-        abs_mean_b = values.abs().mean(dim=0)
-        centred = values.sub_(mean_b)
+        if self.absolute:
+            abs_mean_b = chunk.abs().mean(dim=0, dtype=wide).to(self.mean.dtype)
         if self.fourth:
+            values = chunk.to(self.mean.dtype)
+            mean_b = values.mean(dim=0)
+            centred = values - mean_b
             squared = centred.square()
             m2_b = squared.sum(dim=0)
-        else:  # in place: each temporary the size of the chunk costs as much as the sum
-            m2_b = centred.mul_(centred).sum(dim=0)
+        else:  # centred in the chunk's dtype, squared in place: one chunk-sized temporary
+            mean_b = chunk.mean(dim=0, dtype=wide)
+            centred = chunk.to(wide) - mean_b
+            m2_b = centred.mul_(centred).sum(dim=0).to(self.mean.dtype)
+            mean_b = mean_b.to(self.mean.dtype)
         delta = mean_b - self.mean
         if self.fourth:
             m3_b = (squared * centred).sum(dim=0)
@@ -78,7 +86,8 @@ class RunningMoments:
                        + 3 * delta * (na * m2_b - nb * self.m2) / n)
         self.m2 = self.m2 + m2_b + delta**2 * (na * nb / n)
         self.mean = self.mean + delta * (nb / n)
-        self.abs_mean = self.abs_mean + (abs_mean_b - self.abs_mean) * (nb / n)
+        if self.absolute:
+            self.abs_mean = self.abs_mean + (abs_mean_b - self.abs_mean) * (nb / n)
         self.count = n
 
     def aggregate(self, name: str) -> Tensor:
@@ -87,6 +96,8 @@ class RunningMoments:
         if name == "mean":
             return self.mean
         if name == "abs":
+            if not self.absolute:
+                raise ValueError("aggregate 'abs' was not kept (absolute=False)")
             return self.abs_mean
         if name == "square":
             return self.m2 / n + self.mean.square()
@@ -103,6 +114,7 @@ class RunningMoments:
         if name == "mean":
             spread = self.m2 / n * unbias
         elif name == "abs":
+            self.aggregate("abs")  # refused when not kept
             second_raw = self.m2 / n + self.mean.square()
             spread = (second_raw - self.abs_mean.square()).clamp(min=0) * unbias
         elif name == "square":
@@ -188,7 +200,8 @@ class SampleStats:
     def __init__(self, shape: Sequence[int], aggregates: Sequence[str], *,
                  antithetic: bool = False, device: torch.device | str = "cpu") -> None:
         plain_errors = not antithetic and bool({"square", "var"} & set(aggregates))
-        self.moments = RunningMoments(shape, device=device, fourth=plain_errors)
+        self.moments = RunningMoments(shape, device=device, fourth=plain_errors,
+                                      absolute="abs" in aggregates)
         self.pairs = PairMoments(shape, device=device) if antithetic else None
 
     @property
