@@ -15,7 +15,7 @@ from smoothgrad.tuning import FIXED_SHARE, BatchTuner
 def drive(tuner: BatchTuner, cost: dict[int, float] | None = None, passes: int = 30,
           fixed: float = 0.0, work: float = 1.0) -> list[int]:
     """Feed the tuner full passes whose cost per row is `cost[rows]` (or `fixed / rows +
-    work`); return the sizes tried, the warm-up pass first."""
+    work`); return the sizes tried, in order, each once (each is measured twice)."""
     tried = []
     for _ in range(passes):
         if tuner.finished:
@@ -24,15 +24,15 @@ def drive(tuner: BatchTuner, cost: dict[int, float] | None = None, passes: int =
         tried.append(rows)
         per_row = cost[rows] if cost is not None else fixed / rows + work
         tuner.record(rows, per_row * rows)
-    return tried
+    return list(dict.fromkeys(tried))
 
 
 def test_tuner_grows_fast_where_rows_are_cheap() -> None:
     """A pass costs a + b·rows: from two sizes the tuner jumps to where a is 3 % of a pass."""
     tuner = BatchTuner(8, 2, 4096)
     tried = drive(tuner, fixed=10.0, work=0.01)  # a = 10, b = 0.01: 3 % at ~33,000 rows
-    assert tried[:4] == [8, 8, 16, 128]  # twice, then eightfold (the most per step)
-    assert tried[4:] == [1024, 4096] and tuner.rows == 4096  # the range's end
+    assert tried == [8, 32, 256, 2048, 4096]  # 4×, then eightfold (the most per step)
+    assert tuner.rows == 4096  # the range's end
 
 
 def test_tuner_settles_where_the_fixed_cost_is_small() -> None:
@@ -44,21 +44,21 @@ def test_tuner_settles_where_the_fixed_cost_is_small() -> None:
 
 def test_tuner_stops_where_rows_get_dearer() -> None:
     """EfficientNet-Lite0 at 224×224 on 2 cores (ms per row, BENCHMARKS.md): 8 → 59,
-    12 → 54, 16 → 64. Past 16 the cost climbs; the tuner tries 12 between and keeps it."""
+    12 → 54, 16 → 64, and dearer beyond (page faults). The tuner goes back between."""
     tuner = BatchTuner(8, 2, 4096)
-    tried = drive(tuner, {8: 59, 12: 54, 16: 64})
-    assert tried == [8, 8, 16, 12] and tuner.finished and tuner.rows == 12
+    tried = drive(tuner, {8: 59, 12: 54, 16: 64, 32: 75})
+    assert tried == [8, 32, 16, 12] and tuner.finished and tuner.rows == 12
 
 
 def test_tuner_descends_from_the_start_when_growing_does_not_pay() -> None:
     tuner = BatchTuner(8, 2, 4096)
-    tried = drive(tuner, {4: 0.95, 6: 0.9, 8: 1.0, 12: 1.1, 16: 1.2})
-    assert tried == [8, 8, 16, 12, 6] and tuner.rows == 6
+    tried = drive(tuner, {4: 0.95, 6: 0.9, 8: 1.0, 12: 1.1, 16: 1.2, 32: 1.4})
+    assert tried == [8, 32, 16, 12, 6] and tuner.rows == 6
 
 
 def test_tuner_prefers_the_smaller_size_within_three_percent() -> None:
     tuner = BatchTuner(8, 2, 64)
-    drive(tuner, {6: 1.5, 8: 1.0, 12: 0.98, 16: 1.1})
+    drive(tuner, {6: 1.5, 8: 1.0, 12: 0.98, 16: 1.1, 32: 1.2})
     assert tuner.rows == 8
 
 
@@ -66,10 +66,12 @@ def test_tuner_takes_a_whole_call_as_its_size() -> None:
     """Calls of 100 rows that the tuner would put in larger passes: that size is measured,
     and the search ends there."""
     tuner = BatchTuner(8, 2, 4096)
-    drive(tuner, {8: 2.0, 16: 1.0}, passes=3)
-    assert tuner.rows == 128 and not tuner.finished
+    drive(tuner, {8: 2.0, 32: 1.0}, passes=5)
+    assert tuner.rows == 256 and not tuner.finished
     tuner.record(100, 0.5 * 100, whole_call=True)
-    assert tuner.finished and tuner.rows == 100
+    assert tuner.rows == 256 and not tuner.finished  # measured once: again next call
+    tuner.record(100, 0.6 * 100, whole_call=True)
+    assert tuner.finished and tuner.rows == 100 and tuner.cost[100] == 0.5
 
 
 def test_tuner_memory_cap_and_out_of_memory() -> None:
@@ -79,11 +81,11 @@ def test_tuner_memory_cap_and_out_of_memory() -> None:
     drive(tuner, fixed=100.0, work=0.01)
     assert tuner.rows == 128
     tuner = BatchTuner(64, 16, 1024)
-    tuner.record(64, 1.0)  # warm-up
-    tuner.record(64, 0.64)
-    assert tuner.rows == 128
-    tuner.out_of_memory(128)
-    assert tuner.finished and tuner.rows == 64 and tuner.most == 64
+    for seconds in (1.0, 0.64, 0.7):  # warm-up, then 64 rows twice
+        tuner.record(64, seconds)
+    assert tuner.rows == 256
+    tuner.out_of_memory(256)
+    assert tuner.finished and tuner.rows == 64 and tuner.most == 128
 
 
 @pytest.fixture
