@@ -13,11 +13,13 @@ the work per row. Two measured sizes give `a` and `b`, and the next size is the 
 (a 64×64 ResNet: all 100 rows of a call in one pass) and stop where the cost per row stops
 falling (EfficientNet-Lite0 at 224×224 on a CPU: 8–12 rows, where larger passes page-fault
 their activations in). The memory a row keeps for the backward pass, counted on the first
-measured pass, caps the size to a budget per device.
+pass, sets where the search starts (`START_BYTES`: where rows are small, passes are large
+from the first measured one, whatever timing noise says) and caps the size to a budget per
+device.
 
 Example:
     >>> tuner = BatchTuner(8, 2, 1024)
-    >>> for seconds_per_row in (0.5, 0.4, 0.4, 0.1, 0.1):  # warm-up, 8 rows twice, 32 twice
+    >>> for seconds_per_row in (0.5, 0.4, 0.4, 0.4, 0.1, 0.1, 0.1):  # warm-up, 8 and 32 rows
     ...     tuner.record(tuner.rows, seconds_per_row * tuner.rows)
     >>> tuner.rows  # fixed cost 3.2 s a pass and no work per row: grow eightfold
     256
@@ -43,10 +45,15 @@ __all__ = ["BatchTuner", "Passes", "default_batch_size", "forget", "memory_budge
 FIXED_SHARE = 0.03
 """Grow passes until a pass's fixed cost is this share of it."""
 
+START_BYTES = {"cpu": 32 * 2**20, "cuda": 2**30}
+"""The search starts where a pass keeps this much for its backward pass (or at the default
+size, if larger): about a CPU's last-level cache, and glibc's largest heap allocation (over it
+each pass page-faults its memory in afresh); on CUDA a batch that fills the device's cores."""
+
 BALANCE = 1.25
 """A tuned pass size may grow by this factor to spread a call's rows evenly over its passes."""
 
-REPEATS = 2
+REPEATS = 3
 """Passes measured at each size before the tuner moves on (the cheapest counts)."""
 
 
@@ -81,11 +88,13 @@ class BatchTuner:
     pass counts (noise only adds). The start size comes first, then 4 times it; from then on
     each size comes from the fixed cost and work per row fitted to the last two
     (`FIXED_SHARE`), within the memory cap, while a row keeps getting cheaper. Then it tries
-    the ladder size (…, 4, 6, 8, 12, 16, …) between the cheapest and the next larger size
-    measured, and, when the cheapest is the start size, the one below; the choice is the
-    smallest size within 3 % of the cheapest. A call whose rows all fit in one pass measures
-    that size (its own), and ends the search when the tuner wants more. A pass that runs out
-    of CUDA memory caps the size at half. The choice is kept for the process.
+    the ladder sizes (…, 4, 6, 8, 12, 16, …) between the cheapest and the next larger size
+    measured; the choice is the smallest size within 3 % of the cheapest. It never goes below
+    the start size: near there a row's cost is flat where rows are dear (6 and 8 rows of
+    EfficientNet-Lite0 were 54 ms each) and climbs steeply where they are cheap, so under
+    timing noise a smaller size was a risk without a gain. A call whose rows all fit in one
+    pass measures that size (its own), and ends the search when the tuner wants more. A pass
+    that runs out of CUDA memory caps the size at half. The choice is kept for the process.
     """
 
     def __init__(self, start: int, least: int, most: int) -> None:
@@ -132,13 +141,16 @@ class BatchTuner:
         else:
             self.rows = following
 
-    def limit_memory(self, bytes_per_row: float, budget: int) -> None:
-        """Cap the size so that a pass's activations (`bytes_per_row` each, twice that while
-        the backward pass runs) stay within `budget` bytes."""
+    def limit_memory(self, bytes_per_row: float, budget: int, start_bytes: int = 0) -> None:
+        """Size passes by the memory a row keeps (`bytes_per_row`, twice that while the
+        backward pass runs): at most `budget` bytes a pass, and, before any size is measured,
+        start where a pass keeps `start_bytes` (never below the start size)."""
         self.bytes_per_row = bytes_per_row
         if bytes_per_row > 0:
             self.most = max(self.least, min(self.most, int(budget // (2 * bytes_per_row))))
-            self.rows = min(self.rows, self.most)
+            if not self.cost:
+                self.rows = self.start = max(self.rows, int(start_bytes // bytes_per_row))
+            self.rows = self.start = min(self.rows, self.most)
 
     def _following(self, measured: int) -> int | None:
         """The size of the next pass, or None when the search is over."""
@@ -155,11 +167,6 @@ class BatchTuner:
         between = self._ladder(above=best, below=min(above)) if above else None
         if between is not None and between not in self.cost:
             return between
-        smaller = self._ladder(below=best) if best == min(self.cost) == self.start else None
-        if smaller is not None and smaller >= best:
-            smaller = None
-        if smaller is not None and smaller not in self.cost:
-            return smaller
         return None
 
     def _grown(self, measured: int) -> int | None:
@@ -181,13 +188,12 @@ class BatchTuner:
         """`rows` rounded down to whole passes of the current call (`quantum`)."""
         return max(self.quantum, rows // self.quantum * self.quantum)
 
-    def _ladder(self, *, above: int = 0, below: int = 0) -> int | None:
+    def _ladder(self, *, above: int, below: int) -> int | None:
+        """The middle one of the ladder's sizes between `above` and `below`, if any."""
         sizes = sorted({self._whole(size) for k in range(1, 31)
                         for size in (2**k, 3 * 2 ** (k - 1)) if self.least <= size <= self.most})
-        inside = [size for size in sizes if size > above and (not below or size < below)]
-        if not inside:
-            return None
-        return inside[len(inside) // 2] if above else inside[-1]
+        inside = [size for size in sizes if above < size < below]
+        return inside[len(inside) // 2] if inside else None
 
     def finish(self) -> None:
         """Stop searching; keep the best size measured so far."""
@@ -271,10 +277,10 @@ class Passes:
     @contextmanager
     def measuring(self, copies: int) -> Iterator[None]:
         """Around a pass's base method on `copies` noisy copies (rows of the batch): on the
-        tuner's first measured pass, count the bytes the autograd graph keeps per model row
-        (`BatchTuner.limit_memory`)."""
+        tuner's first pass, count the bytes the autograd graph keeps per model row
+        (`BatchTuner.limit_memory`, with `START_BYTES`)."""
         tuner = self.tuner
-        if tuner is None or not tuner.warm or tuner.bytes_per_row is not None:
+        if tuner is None or tuner.bytes_per_row is not None:
             yield
             return
         storages: dict[int, int] = {}
@@ -288,7 +294,7 @@ class Passes:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
             yield
         tuner.limit_memory(sum(storages.values()) / (copies * self.unit),
-                           memory_budget(self.device))
+                           memory_budget(self.device), START_BYTES.get(self.device.type, 0))
 
     def start(self) -> None:
         """A pass begins (timed when tuning)."""
