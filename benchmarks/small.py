@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.first:  # a copy: its own tuner, which it resets every call
             impls["ours, first call"] = first_call(copy.deepcopy(model), n)
         before = load()
-        report.section(f"{name}: {tuple(x.shape)}, n={n}")
+        report.log(f"\n## {name}: {tuple(x.shape)}, n={n}")
         timings = h.interleaved(impls, x, args.rounds, log=report.log)
         chosen = tuning.tuner_for(model, "gradient", x, False).rows
         row = [name, str(tuple(x.shape)), chosen,
