@@ -30,7 +30,6 @@ from smoothgrad.inputs import Extras, bind, examples, repeat_rows, split_method
 from smoothgrad.methods import (
     BY_NAME,
     MeasuredWarning,
-    Method,
     attributed,
     bounded,
     resolve_method,
