@@ -199,3 +199,21 @@ def test_maps_are_the_same_for_any_batch_where_pytorch_is_exact(cnn: nn.Module) 
         parts = torch.cat([sg.smooth(model, x[i:i + 1], samples=9, batch_size=batch_size)
                            .attribution for i in range(4)])
         torch.testing.assert_close(parts, whole, rtol=1e-12, atol=1e-14)
+
+
+
+def _rowwise(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+    """A map computed row by row, exactly the same whatever the batch it comes in."""
+    return 2 * x
+
+
+@pytest.mark.parametrize("aggregate", ["mean", "abs"])
+def test_same_seed_same_map_whatever_the_pass_sizes(cnn: nn.Module, aggregate: str) -> None:
+    """The auto search sizes a repeated call's passes otherwise; where the method's rows do
+    not depend on their batch, the map must still be bit for bit the same (the mean is a
+    running float64 sum, not merged float32 chunk means)."""
+    x = images(2)
+    maps = [sg.smooth(cnn, x, samples=25, seed=3, batch_size=size, aggregate=aggregate,
+                      method=_rowwise).attribution for size in (50, 4, 10, 2, 14)]
+    for other in maps[1:]:
+        assert torch.equal(other, maps[0])

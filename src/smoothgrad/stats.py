@@ -45,11 +45,15 @@ class RunningMoments:
 
     Each `update` takes a chunk `(s, *shape)` of new samples and merges its own moments into
     the running ones with the pairwise formulas of Chan et al. and Pébay (2008), so the result
-    does not depend on how the stream was chunked (up to float rounding). Without fourth
-    moments a chunk's mean and centred squares are taken in its dtype (float32 or wider;
-    centred first, so nothing cancels; ~1e-7 of a value), with them in the statistics'
-    dtype. They merge into running statistics kept in float64 (float32 on MPS, which has no
-    float64). `mean |M|` is kept only when `absolute` (aggregate "abs").
+    does not depend on how the stream was chunked (up to float rounding). The mean and mean
+    |M| are running sums in the statistics' dtype divided by the count (float32 values sum
+    exactly in float64 unless one element's values span about 2^25 or more), so the same
+    samples give the same map however they were chunked (a repeated call whose passes were sized
+    otherwise included). Without fourth moments a chunk's centred squares are taken in its
+    own dtype (float32 or wider; centred first, so nothing cancels; ~1e-7 of a value, in the
+    standard error only), with them in the statistics' dtype. Statistics are kept in float64
+    (float32 on MPS, which has no float64). `mean |M|` is kept only when `absolute`
+    (aggregate "abs").
     """
 
     def __init__(self, shape: Sequence[int], *, device: torch.device | str = "cpu",
@@ -58,7 +62,8 @@ class RunningMoments:
         self.count = 0
         self.fourth, self.absolute = fourth, absolute
         self.mean = torch.zeros(tuple(shape), dtype=dtype, device=device)
-        self.abs_mean, self.m2 = torch.zeros_like(self.mean), torch.zeros_like(self.mean)
+        self.m2 = torch.zeros_like(self.mean)
+        self.total, self.abs_total = torch.zeros_like(self.mean), torch.zeros_like(self.mean)
         self.m3, self.m4 = torch.zeros_like(self.mean), torch.zeros_like(self.mean)
 
     def update(self, chunk: Tensor) -> None:
@@ -67,18 +72,19 @@ class RunningMoments:
         nb = chunk.shape[0]
         na, n = self.count, self.count + nb
         if self.absolute:
-            abs_mean_b = chunk.abs().mean(dim=0, dtype=wide).to(self.mean.dtype)
+            self.abs_total += chunk.abs().sum(dim=0, dtype=self.mean.dtype)
         if self.fourth:
             values = chunk.to(self.mean.dtype)
-            mean_b = values.mean(dim=0)
+            sum_b = values.sum(dim=0)
+            mean_b = sum_b / nb
             centred = values - mean_b
             squared = centred.square()
             m2_b = squared.sum(dim=0)
         else:  # centred in the chunk's dtype, squared in place: one chunk-sized temporary
-            mean_b = chunk.mean(dim=0, dtype=wide)
-            centred = chunk.to(wide) - mean_b
+            sum_b = chunk.sum(dim=0, dtype=self.mean.dtype)
+            mean_b = sum_b / nb
+            centred = chunk.to(wide) - mean_b.to(wide)
             m2_b = centred.mul_(centred).sum(dim=0).to(self.mean.dtype)
-            mean_b = mean_b.to(self.mean.dtype)
         delta = mean_b - self.mean
         if self.fourth:
             m3_b = (squared * centred).sum(dim=0)
@@ -91,19 +97,18 @@ class RunningMoments:
                        + 3 * delta * (na * m2_b - nb * self.m2) / n)
         self.m2 = self.m2 + m2_b + delta**2 * (na * nb / n)
         self.mean = self.mean + delta * (nb / n)
-        if self.absolute:
-            self.abs_mean = self.abs_mean + (abs_mean_b - self.abs_mean) * (nb / n)
+        self.total += sum_b
         self.count = n
 
     def aggregate(self, name: str) -> Tensor:
         """The aggregated attribution; `var` is the unbiased sample variance (divides by n − 1)."""
         n = self.count
         if name == "mean":
-            return self.mean
+            return self.total / n
         if name == "abs":
             if not self.absolute:
                 raise ValueError("aggregate 'abs' was not kept (absolute=False)")
-            return self.abs_mean
+            return self.abs_total / n
         if name == "square":
             return self.m2 / n + self.mean.square()
         if name == "var":
@@ -119,9 +124,8 @@ class RunningMoments:
         if name == "mean":
             spread = self.m2 / n * unbias
         elif name == "abs":
-            self.aggregate("abs")  # refused when not kept
             second_raw = self.m2 / n + self.mean.square()
-            spread = (second_raw - self.abs_mean.square()).clamp(min=0) * unbias
+            spread = (second_raw - self.aggregate("abs").square()).clamp(min=0) * unbias
         elif name == "square":
             mu2, mu3, mu4, m = self.m2 / n, self.m3 / n, self.m4 / n, self.mean
             fourth_raw = mu4 + 4 * mu3 * m + 6 * mu2 * m.square() + m**4
