@@ -166,11 +166,14 @@ def main(argv: list[str] | None = None) -> None:
                *(timings[k].median for k in impls),
                h.ratio(timings, "captum default", "ours default"),
                h.ratio(timings, "ours default", "plain one-pass loop"),
+               h.ratio(timings, "captum default", "ours default", cpu=True),
+               h.ratio(timings, "ours default", "plain one-pass loop", cpu=True),
                f"{before} → {load()}"]
         rows.append(row)
         report.data[name] = {"timings": timings, "rows": chosen, "load": [before, load()]}
     headers = ["case", "x", "ours rows / pass", *(f"{k} s" for k in impls),
-               "captum / ours", "ours / plain loop", "load (1/5/15 min)"]
+               "captum / ours", "ours / plain loop", "captum / ours, CPU time",
+               "ours / plain loop, CPU time", "load (1/5/15 min)"]
     report.md.append(h.table(headers, rows))
     header = (f"## Small inputs — {time.strftime('%Y-%m-%d %H:%M')}\n\n"
               f"{report.data['machine']['processor']}, torch {torch.__version__}, "
