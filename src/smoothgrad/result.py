@@ -45,6 +45,10 @@ class SmoothResult(Generic[M]):
     the clean output (the class probability for a model that outputs logits), None for a
     callable target. aggregates: every aggregate computed in the same passes (`aggregate`
     first); `select(name)` gives the result for any of them.
+    diagnostics: what the base method measured or applied (its notes), by name:
+    ``deeplift_gap`` (N,), each example's largest relative summation gap of DeepLIFT over
+    its noisy copies; ``extended_rule`` and ``unmodified``, the operations guided backprop
+    applied its extended rule to or left alone. Empty for methods without notes.
     """
 
     attribution: M
@@ -58,6 +62,7 @@ class SmoothResult(Generic[M]):
     method: str = ""
     probability: Tensor | None = None
     maps: dict[str, tuple[M, M]] = field(default_factory=dict, repr=False, compare=False)
+    diagnostics: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def aggregates(self) -> tuple[str, ...]:
