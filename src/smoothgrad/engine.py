@@ -77,7 +77,7 @@ def smooth(
     - target: None explains each example's clean argmax (kept for every noisy copy); an
       int, or N ints, names classes, as do class names where the model has labels (a
       `labels` list, a Hugging Face config's `id2label`); a callable `output -> (rows,)`
-      gives a custom score.
+      gives a custom score. Every base method takes the same forms (`smoothgrad.targets`).
     - inputs: an `Inputs` — forward_kwargs (keyword inputs of the model, per example where
       their first dimension is N), layer (noise at a module's output, a transformer's
       embeddings), noise_mask (padding: no noise, zero attribution), output (picks the

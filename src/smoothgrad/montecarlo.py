@@ -27,6 +27,7 @@ from smoothgrad.config import SmoothConfig
 from smoothgrad.estimator import Call
 from smoothgrad.guard import explaining, gradients_on
 from smoothgrad.inputs import Inputs, bind, repeat_rows
+from smoothgrad.methods.base import MeasuredWarning
 from smoothgrad.methods.registry import attributed, bounded, resolve_method, rows_per_input
 from smoothgrad.noise import standard_normal
 from smoothgrad.outputs import pick
@@ -95,11 +96,24 @@ def _report(caught: list[warnings.WarningMessage]) -> None:
     """Give each distinct warning of the call once, pointing at the caller of `smooth`
     (`smooth` -> `monte_carlo` -> here)."""
     seen: set[tuple[type[Warning], str]] = set()
-    for message in caught:
+    for message in _largest_measured(caught):
         key = (message.category, str(message.message))
         if key not in seen:
             seen.add(key)
-            warnings.warn(str(message.message), message.category, stacklevel=4)
+            warnings.warn(message.message, stacklevel=4)  # the instance: its category
+
+
+def _largest_measured(caught: list[warnings.WarningMessage]) -> list[warnings.WarningMessage]:
+    """`caught` with each `MeasuredWarning` key (one per pass) kept once: its largest value."""
+    largest: dict[str, MeasuredWarning] = {}
+    for message in caught:
+        measured = message.message
+        if isinstance(measured, MeasuredWarning):
+            kept = largest.get(measured.key)
+            if kept is None or measured.value > kept.value:
+                largest[measured.key] = measured
+    return [message for message in caught if not isinstance(message.message, MeasuredWarning)
+            or largest[message.message.key] is message.message]
 
 
 class _Run:
@@ -123,7 +137,7 @@ class _Run:
         if subject.direct and not isinstance(clean, Tensor):
             subject, clean = subject.wrapped(), pick(clean)
         self.subject, self.per_call = subject, subject.at_layer(per_call)
-        self.target = targets.resolve(target, clean)
+        self.target = targets.resolve(target, clean, targets.labels_of(model))
         self.probability = target_probability(clean, None if callable(self.target)
                                               else self.target)
         self.sigma = extras.sigma(subject, self.x, options)
@@ -146,6 +160,7 @@ class _Run:
                                   antithetic=options.antithetic, device=self.x.device)
                       for part in self.passes.parts]
         self.flips = torch.zeros(self.x.shape[0], device=self.x.device)
+        self.notes: dict[str, Any] = {}
         self.done = 0
 
     def add(self, count: int) -> None:
@@ -168,14 +183,17 @@ class _Run:
         x, count, shape = self.x[part], noise.shape[0], self.x.shape[1:]
         sigma = self.sigma[part]
         scale = sigma.reshape(*sigma.shape, *([1] * (x.dim() - sigma.dim())))
-        batch = (x.unsqueeze(0) + scale.unsqueeze(0) * noise).reshape(-1, *shape)
+        batch = torch.addcmul(x.unsqueeze(0), scale.unsqueeze(0), noise).reshape(-1, *shape)
         target = self.target if callable(self.target) else self.target[part].repeat(count)
         runner = self.runner if self.subject.direct else self.subject.runner(part)
         rows = self.passes.rows if self.subject.direct else max(
             x.shape[0], self.passes.rows // x.shape[0] * x.shape[0])  # whole groups of copies
         explain = bind(bounded(self.explain, self.options.method, rows), self.per_call,
                        self.subject.n, part, count)
-        attribution, output = attributed(explain(runner, batch, target), batch.shape[0])
+        with self.passes.measuring(batch.shape[0]):
+            returned = attributed(explain(runner, batch, target), batch.shape[0])
+        attribution, output = returned
+        self._note(returned.notes, part, count)
         if attribution.shape != batch.shape:
             raise ValueError(f"method must return a tensor shaped like its input "
                              f"{tuple(batch.shape)}, got {tuple(attribution.shape)}")
@@ -191,6 +209,17 @@ class _Run:
             flipped = (output.argmax(dim=1) != target).view(count, -1).sum(dim=0).float()
         stats.update(attribution.detach().reshape(count, *x.shape))
         return flipped.to(x.device)
+
+    def _note(self, notes: Mapping[str, Any], part: slice, count: int) -> None:
+        """Keep a pass's notes: per-row values as each example's largest over its copies
+        (DeepLIFT's gap), names as the union over the passes."""
+        for key, value in notes.items():
+            if isinstance(value, Tensor):
+                largest = value.detach().reshape(count, -1).amax(dim=0).to(self.flips)
+                kept = self.notes.setdefault(key, torch.zeros_like(self.flips))
+                kept[part] = torch.maximum(kept[part], largest)
+            else:
+                self.notes[key] = tuple(sorted({*self.notes.get(key, ()), *value}))
 
     def worst_error(self) -> float:
         """The largest relative error of the main aggregate over the examples."""
@@ -218,7 +247,7 @@ class _Run:
             target=resolved, sigma=self.shown_sigma, aggregate=main,
             flip_rate=None if resolved is None else self.flips / max(self.done, 1),
             inputs=self.inputs, method=self.options.method_name, probability=self.probability,
-            maps=maps)
+            maps=maps, diagnostics=dict(self.notes))
 
 
 def _warn_without_range(sigma: Tensor, options: SmoothConfig) -> None:

@@ -75,11 +75,16 @@ class SmoothResult(Generic[M]):
     method: the base method's name. probability: (N,) the target's softmax probability in
     the clean output (the class probability for a model that outputs logits), None for a
     callable target. aggregates: every aggregate computed in the same passes (`aggregate`
-    first); `select(name)` gives the result for any of them. mean_field: the mean-field
-    estimator's facts (`MeanFieldFacts`), None for Monte Carlo; its `stderr` is then the
-    jackknife's over groups of the copies (sampling error only, not the approximation's
-    bias). plain_pass: `(model, x, target, method=None) -> map`, the base method's map
-    without noise, as `smooth` computes it (set by `smooth`; `show(model)` draws it).
+    first); `select(name)` gives the result for any of them.
+    diagnostics: what the base method measured or applied (its notes), by name:
+    ``deeplift_gap`` (N,), each example's largest relative summation gap of DeepLIFT over
+    its noisy copies; ``extended_rule`` and ``unmodified``, the operations guided backprop
+    applied its extended rule to or left alone. Empty for methods without notes.
+    mean_field: the mean-field estimator's facts (`MeanFieldFacts`), None for Monte Carlo;
+    its `stderr` is then the jackknife's over groups of the copies (sampling error only,
+    not the approximation's bias). plain_pass: `(model, x, target, method=None) -> map`,
+    the base method's map without noise, as `smooth` computes it (set by `smooth`;
+    `show(model)` draws it).
     """
 
     attribution: M
@@ -95,6 +100,7 @@ class SmoothResult(Generic[M]):
     maps: dict[str, tuple[M, M]] = field(default_factory=dict, repr=False, compare=False)
     mean_field: MeanFieldFacts | None = field(default=None, repr=False, compare=False)
     plain_pass: Callable[..., Tensor] | None = field(default=None, repr=False, compare=False)
+    diagnostics: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def aggregates(self) -> tuple[str, ...]:

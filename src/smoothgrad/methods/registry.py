@@ -94,6 +94,8 @@ def resolve_method(method: str | Method | Any) -> Method:
 
 def attributed(returned: object, rows: int) -> Attributed:
     """What a method returned, as `Attributed`: a tensor is the map with no output."""
+    if isinstance(returned, Attributed):
+        return returned
     if isinstance(returned, Tensor):
         return Attributed(returned, None)
     if isinstance(returned, tuple) and len(returned) == 2 and isinstance(returned[0], Tensor):
