@@ -118,3 +118,17 @@ def test_the_methods_package_names_methods_only() -> None:
     model, x = nn.Linear(3, 2), torch.ones(1, 3)
     pair = gradient.with_output(model, x, torch.tensor([1]))
     assert pair._fields[:2] == ("map", "output") and pair[0] is pair.map
+
+
+def test_the_explainer_keeps_its_models_pass_sizes() -> None:
+    """What is learnt about the model (the tuned pass size) stays on the explainer, not in
+    the process-wide cache; a plain `smooth` call still uses that cache."""
+    from smoothgrad import tuning
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    explain = sg.SmoothGrad(model, samples=4)
+    explain(torch.randn(2, 4))
+    assert len(explain.tuners) == 1 and tuning._TUNERS.get(model) is None
+    sg.smooth(model, torch.randn(2, 4), samples=4)
+    assert tuning._TUNERS.get(model)

@@ -37,7 +37,7 @@ from smoothgrad.tuning import BatchTuner, default_batch_size
 
 __all__ = [
     "AUTO_STEP", "ESTIMATORS", "BatchTuner", "SmoothConfig", "SmoothKeywords", "SmoothResult",
-    "default_batch_size", "resolve_method", "smooth",
+    "checked_call", "default_batch_size", "estimate", "resolve_method", "smooth",
 ]
 
 X = TypeVar("X", Tensor, tuple[Tensor, ...])
@@ -99,8 +99,14 @@ def smooth(
     the caller's grad mode (which is restored). Warnings from the passes are given once per
     call, at the caller's line. A map that is not finite for a finite input is an error.
     """
-    call, method = _call(model, x, config, target, inputs, method_kwargs, progress, callback,
-                         overrides)
+    call, method = checked_call(model, x, config, target, inputs, method_kwargs, progress,
+                                callback, overrides)
+    return estimate(call, method)
+
+
+def estimate(call: Call, method: Any) -> SmoothResult[Any]:
+    """The call's result from its estimator, keeping the plain pass of `method` (the method
+    as the caller gave it) for `show(model)`."""
     result = ESTIMATORS[call.options.estimator_name](call)
     return dataclasses.replace(result, plain_pass=functools.partial(_plain_map, method))
 
@@ -117,11 +123,12 @@ _KEYWORDS = ("target", "inputs", "method_kwargs", "progress", "callback", *INPUT
 """`smooth`'s keywords that are not options (for the unknown-keyword suggestion)."""
 
 
-def _call(model: nn.Module, x: Any, config: SmoothConfig | None, target: targets.Requested,
-          inputs: Inputs | None, method_kwargs: Mapping[str, Any] | None,
-          progress: Callable[[int], None] | None,
-          callback: Callable[[SmoothResult], None] | None,
-          overrides: Mapping[str, Any]) -> tuple[Call, Any]:
+def checked_call(model: nn.Module, x: Any, config: SmoothConfig | None,
+                 target: targets.Requested, inputs: Inputs | None,
+                 method_kwargs: Mapping[str, Any] | None,
+                 progress: Callable[[int], None] | None,
+                 callback: Callable[[SmoothResult], None] | None,
+                 overrides: Mapping[str, Any]) -> tuple[Call, Any]:
     """The call checked — options with every given override, inputs with every loose input
     keyword, x against them, the method's keyword options split into fixed and per-example
     ones — and the method as given."""

@@ -26,6 +26,7 @@ from smoothgrad import targets
 from smoothgrad.config import SmoothConfig
 from smoothgrad.inputs import Inputs
 from smoothgrad.result import SmoothResult
+from smoothgrad.tuning import BatchTuner
 
 __all__ = ["Call", "Estimator", "check_input"]
 
@@ -34,7 +35,8 @@ __all__ = ["Call", "Estimator", "check_input"]
 class Call:
     """One call of `smooth`: the model, x, the options (validated, the method with its fixed
     keyword options bound), the requested target, the inputs beyond one tensor, the method's
-    per-example options, and the caller's progress and callback functions."""
+    per-example options, the caller's progress and callback functions, and the pass-size
+    tuners an explainer holds for its model (None: the process-wide ones)."""
 
     model: nn.Module
     x: Any
@@ -44,6 +46,7 @@ class Call:
     per_call: Mapping[str, Any] = field(default_factory=dict)
     progress: Callable[[int], None] | None = None
     callback: Callable[[SmoothResult[Any]], None] | None = None
+    tuners: dict[tuple[Any, ...], BatchTuner] | None = None
 
 
 class Estimator(Protocol):

@@ -1,10 +1,11 @@
 """An explainer object for repeated calls: what belongs to the model is bound once.
 
 `SmoothGrad(model, method=..., config=..., layer=..., output=...)` holds the model, the
-smoothing options and the inputs that describe the model (the layer noised, how its output
-is read); `explainer(x, target=..., forward_kwargs=...)` explains one batch with what comes
-with the data. This is the split Captum makes between an `Attribution`'s construction and
-its `attribute` call.
+smoothing options, the inputs that describe the model (the layer noised, how its output is
+read) and what is learnt about the model (the tuned pass sizes, kept on the object instead
+of the process-wide cache); `explainer(x, target=..., forward_kwargs=...)` explains one
+batch with what comes with the data. This is the split Captum makes between an
+`Attribution`'s construction and its `attribute` call.
 
 Example:
     >>> import torch, smoothgrad as sg
@@ -18,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,10 +28,11 @@ from typing_extensions import Unpack
 
 from smoothgrad import targets
 from smoothgrad.config import SmoothConfig, SmoothOptions, configured
-from smoothgrad.engine import X, smooth
+from smoothgrad.engine import X, checked_call, estimate
 from smoothgrad.inputs import Inputs
 from smoothgrad.outputs import OutputFn
 from smoothgrad.result import SmoothResult
+from smoothgrad.tuning import BatchTuner
 
 __all__ = ["SmoothGrad"]
 
@@ -52,6 +55,8 @@ class SmoothGrad:
         self.config = configured(config, overrides, caller="SmoothGrad",
                                  others=("layer", "output"))
         self.inputs = Inputs(layer=layer, output=output)
+        self.tuners: dict[tuple[Any, ...], BatchTuner] = {}
+        """The pass-size tuners of this explainer's calls (`smoothgrad.tuning`)."""
 
     def __call__(self, x: X, target: targets.Requested = None, *,
                  forward_kwargs: Mapping[str, Any] | None = None,
@@ -65,9 +70,9 @@ class SmoothGrad:
                 "noise_range": noise_range}
         inputs = self.inputs.given({key: value for key, value in data.items()
                                     if value is not None})
-        return smooth(self.model, x, self.config, target=target, inputs=inputs,
-                      method_kwargs=method_kwargs, progress=progress, callback=callback,
-                      **overrides)
+        call, method = checked_call(self.model, x, self.config, target, inputs, method_kwargs,
+                                    progress, callback, overrides)
+        return estimate(dataclasses.replace(call, tuners=self.tuners), method)
 
     def __repr__(self) -> str:
         return f"SmoothGrad({type(self.model).__name__}, {self.config!r})"

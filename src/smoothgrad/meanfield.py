@@ -126,10 +126,10 @@ def _survey(model: nn.Module, x: Tensor, groups: int, empirical: bool,
     if mode.clean_kept:
         warnings.warn("mean_field keeps the clean-input gradient (no expectation) of: "
                       + ", ".join(sorted(mode.clean_kept))
-                      + "; check the estimate with validate=M", stacklevel=4)
+                      + "; check the estimate with validate=M", stacklevel=5)
     if not mode.sites:
         warnings.warn("mean_field found no activation to gate: the result is the plain "
-                      "gradient", stacklevel=4)
+                      "gradient", stacklevel=5)
     return mode, clean_output, resolved
 
 

@@ -33,7 +33,7 @@ from smoothgrad.noise import standard_normal
 from smoothgrad.outputs import pick
 from smoothgrad.result import SmoothResult, relative_error, target_probability
 from smoothgrad.stats import SampleStats
-from smoothgrad.tuning import Passes
+from smoothgrad.tuning import BatchTuner, Passes
 
 __all__ = ["AUTO_STEP", "monte_carlo"]
 
@@ -54,7 +54,7 @@ def monte_carlo(call: Call) -> SmoothResult[Any]:
               warnings.catch_warnings(record=True) as caught):
             warnings.simplefilter("always")
             run = _Run(call.model, call.x, call.options, call.target, call.inputs,
-                       call.per_call)
+                       call.per_call, call.tuners)
             _loop(run, call.progress, call.callback)
             result = run.result(final=True)
     finally:
@@ -94,13 +94,13 @@ def _loop(run: _Run, progress: Callable[[int], None] | None,
 
 def _report(caught: list[warnings.WarningMessage]) -> None:
     """Give each distinct warning of the call once, pointing at the caller of `smooth`
-    (`smooth` -> `monte_carlo` -> here)."""
+    (`smooth` -> `engine.estimate` -> `monte_carlo` -> here)."""
     seen: set[tuple[type[Warning], str]] = set()
     for message in _largest_measured(caught):
         key = (message.category, str(message.message))
         if key not in seen:
             seen.add(key)
-            warnings.warn(message.message, stacklevel=4)  # the instance: its category
+            warnings.warn(message.message, stacklevel=5)  # the instance: its category
 
 
 def _largest_measured(caught: list[warnings.WarningMessage]) -> list[warnings.WarningMessage]:
@@ -124,8 +124,8 @@ class _Run:
     """
 
     def __init__(self, model: nn.Module, x: Any, options: SmoothConfig,
-                 target: targets.Requested, extras: Inputs,
-                 per_call: Mapping[str, Any]) -> None:
+                 target: targets.Requested, extras: Inputs, per_call: Mapping[str, Any],
+                 tuners: dict[tuple[Any, ...], BatchTuner] | None = None) -> None:
         self.options = options
         subject = extras.prepare(model, x)
         explained = subject.explained
@@ -155,7 +155,7 @@ class _Run:
         self.passes = Passes(model, self.x, method=options.method,
                              batch_size=options.batch_size, fast=options.fast,
                              limit=self.limit, stops_early=options.samples == "auto",
-                             unit=rows_per_input(options.method))
+                             unit=rows_per_input(options.method), kept=tuners)
         self.stats = [SampleStats(self.x[part].shape, options.aggregates,
                                   antithetic=options.antithetic, device=self.x.device)
                       for part in self.passes.parts]
