@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from smoothgrad.display import Panels
+    from smoothgrad.precision import Precision
 
 __all__ = ["SmoothResult", "relative_error"]
 
@@ -43,6 +44,8 @@ class SmoothResult(Generic[M]):
     inputs: the explained clean input (a reference to the caller's tensor, not a copy).
     method: the base method's name. aggregates: every aggregate computed in the same passes
     (`aggregate` first); `select(name)` gives the result for any of them.
+    precision: with fast=True, the precision the passes ran in and the check that chose it
+    (`smoothgrad.precision.Precision`); None otherwise.
     """
 
     attribution: M
@@ -55,6 +58,7 @@ class SmoothResult(Generic[M]):
     inputs: M | None = None
     method: str = ""
     maps: dict[str, tuple[M, M]] = field(default_factory=dict, repr=False, compare=False)
+    precision: Precision | None = None
 
     @property
     def aggregates(self) -> tuple[str, ...]:
