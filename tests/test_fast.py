@@ -427,6 +427,7 @@ def test_copies_share_tensors_and_leave_the_model_alone(bf16: None) -> None:
     assert copy.config._attn_implementation == "sdpa"
     assert copies.reduced.layer is copy.get_input_embeddings()
     assert copy.get_input_embeddings().weight is model.get_input_embeddings().weight
+    assert fast.reduced_copy(model, torch.bfloat16) is copies.reduced.model  # kept, reusable
     dense = copy.bert.encoder.layer[0].intermediate.dense
     assert dense.weight.dtype == torch.bfloat16
     assert model.bert.encoder.layer[0].intermediate.dense.weight.dtype == torch.float32

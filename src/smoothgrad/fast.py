@@ -49,7 +49,7 @@ from smoothgrad.targets import Resolved, score
 
 __all__ = [
     "FastModel", "FastPathError", "FastReport", "FastSubjects", "cached_copy",
-    "fast_subjects", "fold_batchnorm", "optimize", "remember",
+    "fast_subjects", "fold_batchnorm", "optimize", "reduced_copy", "remember",
 ]
 
 _REDUCED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
@@ -187,7 +187,7 @@ def _build(model: nn.Module, subject: Subject, *, fold: bool, channels_last: boo
     reduced = dtype not in (torch.float32, torch.float64)
     _convert(inner, channels_last=channels_last, dtype=dtype if reduced else None)
     if reduced:
-        _to_sdpa(inner)
+        _to_sdpa(inner)  # as reduced_copy
     compiled = None
     if compile:
         compiled = torch.compile(inner, mode=compile if isinstance(compile, str) else None)
@@ -284,7 +284,6 @@ class _Copies:
     key: tuple[Any, ...]
     full: FastModel
     changed: bool
-    reduced: dict[torch.dtype, FastModel] = field(default_factory=dict)
     refused: dict[torch.dtype, Precision] = field(default_factory=dict)
 
 
@@ -361,11 +360,35 @@ def fast_subjects(model: nn.Module, subject: Subject, target: Resolved | None = 
     if reduced is None or reduced in copies.refused:
         return FastSubjects(full, None, copies.full.report,
                             None if reduced is None else copies.refused[reduced])
-    if reduced not in copies.reduced:
-        source = copies.full.inner if copies.changed else model
-        copies.reduced[reduced], _ = _build(source, subject, fold=False, dtype=reduced,
-                                            channels_last=copies.full.channels_last)
-    return FastSubjects(full, _subject(subject, copies.reduced[reduced]), copies.full.report)
+    lower = reduced_copy(copies.full.inner if copies.changed else model, reduced,
+                         channels_last=copies.full.channels_last)
+    return FastSubjects(full, _subject(subject, lower), copies.full.report)
+
+
+_LOWER: weakref.WeakKeyDictionary[nn.Module, dict[Any, tuple[Any, FastModel]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def reduced_copy(model: nn.Module, dtype: torch.dtype, *,
+                 channels_last: bool = False) -> FastModel:
+    """`model` with its matrix products and convolutions in `dtype` (their weights cast once,
+    the rest of its tensors shared; eager attention switched to SDPA), kept while the
+    model's tensors are unchanged.
+
+    For a loop of one's own (the generation path): explain the same noisy copies through
+    `model` and through the copy — its modules have the model's names,
+    `copy.inner.get_submodule(name)` — and let `smoothgrad.precision.decide` choose.
+    """
+    device = next((param.device.type for param in model.parameters()), "cpu")
+    key = (device, tuple((t.data_ptr(), t._version) for t in model.parameters()))
+    kept = _LOWER.setdefault(model, {})
+    if (dtype, channels_last) not in kept or kept[dtype, channels_last][0] != key:
+        inner = _sharing_copy(model)
+        _convert(inner, channels_last=channels_last, dtype=dtype)
+        _to_sdpa(inner)
+        kept[dtype, channels_last] = key, FastModel(
+            inner, channels_last=channels_last, dtype=dtype, device_type=device).eval()
+    return kept[dtype, channels_last][1]
 
 
 def remember(model: nn.Module, dtype: torch.dtype, decision: Precision) -> None:
