@@ -317,6 +317,9 @@ def test_bfloat16_accepted_on_a_bert_like_model(bf16: None) -> None:
     assert bool((error <= 0.1 * plain.stderr.flatten(1).norm(dim=1)).all())
     assert not torch.equal(quick.attribution, plain.attribution)  # bfloat16 did run
     assert sum(counted) == quick.samples == 20
+    auto = smoothed(model, call, fast=True, samples="auto", max_samples=30, tol=0.5)
+    assert auto.precision is not None and auto.precision.samples == 2
+    assert auto.samples % 10 == 0
 
 
 def test_bfloat16_refused_falls_back_to_exactly_fast_false(bf16: None) -> None:
@@ -403,6 +406,11 @@ def test_the_check_estimates_the_final_maps_precision_error() -> None:
     assert precision.judge(full, full + bias / 4, torch.bfloat16, samples=n).reduced
     paired = precision.judge(full, reduced, torch.bfloat16, samples=n, paired=True)
     assert paired.error_ratio == pytest.approx(expected, rel=0.1)  # independent pairs: same
+    stops = features * 0.5**2 / (0.05**2 * float(mean.square().sum()))  # samples="auto"
+    auto = precision.judge(full, reduced, torch.bfloat16, samples=500, tol=0.05)
+    assert auto.error_ratio == pytest.approx(math.sqrt(
+        (float(bias.square().sum()) + features * 0.02**2 / stops) / (features * 0.5**2 / stops)),
+        rel=0.1)
     broken = reduced.clone()
     broken[0, 0, 0] = math.inf
     assert "non-finite" in precision.judge(full, broken, torch.bfloat16, samples=n).decision

@@ -235,7 +235,9 @@ class _Run:
         from smoothgrad import fast, precision
 
         dtype, why = precision.reduced_dtype(self.x.device)
-        check = precision.check_samples(self.limit, antithetic=self.options.antithetic)
+        auto = self.options.samples == "auto"
+        check = precision.check_samples(min(self.limit, 100) if auto else self.limit,
+                                        antithetic=self.options.antithetic)
         if dtype is not None and not check:
             dtype, why = None, f"too few samples ({self.limit}) to check a lower precision"
         copies = fast.fast_subjects(model, self.subject, self.target, dtype)
@@ -254,7 +256,8 @@ class _Run:
             return torch.cat(kept[reduced], dim=1)
 
         decision = precision.decide(attribute, self.x.device, samples=self.limit,
-                                    paired=self.options.antithetic, candidate=(dtype, why))
+                                    paired=self.options.antithetic, candidate=(dtype, why),
+                                    tol=self.options.tol if auto else None)
         if decision.reduced:
             for stats, maps in zip(self.stats, kept[dtype], strict=True):
                 stats.update(maps)

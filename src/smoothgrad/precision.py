@@ -131,9 +131,9 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContext
 
 
 def check_samples(limit: int, *, antithetic: bool = False) -> int:
-    """Noisy copies per example the check explains in each precision, for a call of at most
-    `limit` samples (0: too few to check): 2 (4 in antithetic pairs), up to 4 % of the call's
-    samples, at most 8."""
+    """Noisy copies per example the check explains in each precision, for a call of `limit`
+    samples (0: too few to check): 2 (4 in antithetic pairs), up to 4 % of the call's
+    samples, at most 8. (With samples="auto", ask for min(max_samples, 100).)"""
     least = 4 if antithetic else 2
     count = min(8, max(least, limit // 25))
     count -= count % 2 if antithetic else 0
@@ -146,6 +146,7 @@ def decide(
     *,
     samples: int,
     paired: bool = False,
+    tol: float | None = None,
     candidate: tuple[torch.dtype | None, str] | None = None,
 ) -> Precision:
     """The precision a call of `samples` noisy copies per example should run in.
@@ -153,6 +154,8 @@ def decide(
     `attribute(dtype)` explains the check's noisy copies — the same ones each time — in
     `dtype` (None: float32) and returns their maps, (k, N, ...) (k copies of N examples).
     `paired`: the copies come in antithetic pairs, whose averages are the independent units.
+    `tol`: the call stops once the relative error reaches it (samples="auto", `samples`
+    being its cap); the map it will produce is judged at the samples that takes.
     `candidate`: (the dtype to check, or None with the reason why none) instead of
     `reduced_dtype(device)`.
     """
@@ -161,26 +164,33 @@ def decide(
         return Precision("float32", why)
     full = attribute(None)
     reduced = attribute(dtype)
-    return judge(full, reduced, dtype, samples=samples, paired=paired)
+    return judge(full, reduced, dtype, samples=samples, paired=paired, tol=tol)
 
 
 def judge(full: Tensor, reduced: Tensor, dtype: torch.dtype, *, samples: int,
-          paired: bool = False) -> Precision:
+          paired: bool = False, tol: float | None = None) -> Precision:
     """The decision from the check's maps in float32 (`full`) and in `dtype` (`reduced`),
-    both (k, N, ...) for the same noisy copies, for a final map of `samples` copies."""
+    both (k, N, ...) for the same noisy copies, for a final map of `samples` copies — or,
+    with `tol` (samples="auto"), of as many as it takes every example's relative error to
+    reach `tol` (estimated from `full`), at most `samples`."""
     name = str(dtype).removeprefix("torch.")
     k = full.shape[0]
     if not bool(torch.isfinite(reduced).all()):
         return Precision("float32", f"{name} gave non-finite values", samples=k)
     units_full, units_reduced = _units(full, paired), _units(reduced, paired)
-    final = samples // 2 if paired else samples
     correlation = min(_pearson(a, b) for a, b in zip(
         units_full.mean(0).flatten(1), units_reduced.mean(0).flatten(1), strict=True))
+    variance = _trace_variance(units_full.flatten(2))
+    final = torch.tensor(float(samples // 2 if paired else samples), dtype=torch.float64)
+    if tol is not None:  # units until ‖stderr‖ / ‖map‖ <= tol for the slowest example
+        signal = units_full.mean(0).flatten(1).square().sum(dim=1) - variance / k
+        needed = variance / (tol**2 * signal.clamp(min=torch.finfo(torch.float64).tiny))
+        final = needed.max().clamp(min=1.0, max=float(final)).ceil()
     difference = (units_reduced - units_full).flatten(2)
     spread = _trace_variance(difference)
     bias = (difference.mean(0).square().sum(dim=1) - spread / difference.shape[0]).clamp(min=0)
     error = (bias + spread / final).sqrt()
-    stderr = (_trace_variance(units_full.flatten(2)) / final).sqrt()
+    stderr = (variance / final).sqrt()
     ratios = torch.where(error == 0, 0.0, error / stderr)
     ratio = float(ratios.max())
     record = {"correlation": correlation, "error_ratio": ratio, "samples": k}
