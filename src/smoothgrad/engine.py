@@ -245,15 +245,18 @@ class _Run:
         if dtype is None or copies.reduced is None:
             return copies.refused or precision.Precision("float32", why)
         kept: dict[torch.dtype | None, list[Tensor]] = {}
+        first = min(max(check, self.passes.copies()), AUTO_STEP if auto else self.limit)
 
         def attribute(reduced: torch.dtype | None) -> Tensor:
+            """The check's maps; in the reduced precision, from a whole first pass (small
+            passes cost up to 2× per row: weights are read once per pass)."""
             chosen = copies.full if reduced is None else copies.reduced
             assert chosen is not None
             self.subject, self.runner = chosen, chosen.model
             self.flips.zero_()
             self.done = 0
-            kept[reduced] = self._sampled(check)
-            return torch.cat(kept[reduced], dim=1)
+            kept[reduced] = self._sampled(check if reduced is None else first)
+            return torch.cat(kept[reduced], dim=1)[:check]
 
         decision = precision.decide(attribute, self.x.device, samples=self.limit,
                                     paired=self.options.antithetic, candidate=(dtype, why),
