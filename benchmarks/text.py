@@ -138,21 +138,25 @@ def peak_memory(args: argparse.Namespace, which: str, size: int | None,
 
 
 def timings(args: argparse.Namespace, configs: list[tuple[str, int | None]]
-            ) -> tuple[list[list[float]], list[torch.Tensor]]:
+            ) -> tuple[list[list[float]], list[list[float]], list[torch.Tensor]]:
     """Seconds per round of each configuration: one warm-up, then rounds in which each runs
     once in turn (A B C ... A B C ...), so that other work on the machine slows all alike;
-    and each configuration's last map."""
+    the process's CPU seconds alike (less sensitive to a loaded machine); and each
+    configuration's last map."""
     torch.set_num_threads(args.threads)
     runs = [_explainer(args, which, size) for which, size in configs]
     maps = [run() for run in runs]
     times: list[list[float]] = [[] for _ in runs]
+    cpu: list[list[float]] = [[] for _ in runs]
     for _ in range(args.rounds):
-        for i, (run, row) in enumerate(zip(runs, times, strict=True)):
-            started = time.perf_counter()
+        for i, run in enumerate(runs):
+            started, used = time.perf_counter(), time.process_time()
             maps[i] = run()
-            row.append(time.perf_counter() - started)
-        print("# round:", " ".join(f"{row[-1]:.2f}" for row in times), flush=True)
-    return times, maps
+            times[i].append(time.perf_counter() - started)
+            cpu[i].append(time.process_time() - used)
+        print("# round:", " ".join(f"{row[-1]:.2f}" for row in times), "| cpu:",
+              " ".join(f"{row[-1]:.2f}" for row in cpu), flush=True)
+    return times, cpu, maps
 
 
 def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -167,8 +171,9 @@ def table(rows: list[dict[str, Any]], times: list[list[float]],
     captum = [i for i, (which, _) in enumerate(configs) if which == "captum"]
     default = next((i for i in captum if configs[i][1] is None), captum[0])
     best = min(captum, key=lambda i: rows[i]["median"])
-    print("\n| implementation | median s | peak extra MiB | Captum default / this |"
-          " Captum best / this | map correlation with ours float32 |\n|---|---|---|---|---|---|")
+    print("\n| implementation | median s | CPU s | peak extra MiB | Captum default / this |"
+          " Captum best / this | map correlation with ours float32 |"
+          "\n|---|---|---|---|---|---|---|")
     for row, seconds in zip(rows, times, strict=True):
         size = row["size"] or ("auto" if row["which"] != "captum" else "default (one batch)")
         name = {"captum": "Captum NoiseTunnel(Saliency), nt_samples_batch_size=",
@@ -176,7 +181,8 @@ def table(rows: list[dict[str, Any]], times: list[list[float]],
         ratios = [statistics.median(a / b for a, b in zip(times[i], seconds, strict=True))
                   for i in (default, best)]
         corr = "" if row["correlation"] is None else f"{row['correlation']:.6f}"
-        print(f"| {name}{size} | {row['median']:.2f} | {row['peak_extra_mib']:.0f} | "
+        print(f"| {name}{size} | {row['median']:.2f} | {row['median_cpu']:.1f} | "
+              f"{row['peak_extra_mib']:.0f} | "
               f"{ratios[0]:.2f} | {ratios[1]:.2f} | {corr} |")
 
 
@@ -203,12 +209,13 @@ def main() -> None:
     configs = [("captum", size or None) for size in args.captum]
     configs += [("ours", size or None) for size in args.ours]
     configs += [("fast", size or None) for size in args.fast]
-    times, maps = timings(args, configs)
+    times, cpu, maps = timings(args, configs)
     reference = next((i for i, (which, _) in enumerate(configs) if which == "ours"), None)
     rows = []
     for i, ((which, size), seconds) in enumerate(zip(configs, times, strict=True)):
         rows.append({"which": which, "size": size, "seconds": seconds,
-                     "median": statistics.median(seconds),
+                     "median": statistics.median(seconds), "cpu": cpu[i],
+                     "median_cpu": statistics.median(cpu[i]),
                      "peak_extra_mib": peak_memory(args, which, size, args.samples),
                      "correlation": None if reference is None or which == "captum" else
                      correlation(maps[i], maps[reference])})
