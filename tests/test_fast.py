@@ -465,6 +465,24 @@ def test_linear_then_batchnorm_over_another_dimension_is_not_folded() -> None:
     assert copy.report.folded == 0 and copy.report.logit_error == 0.0
 
 
+def test_folded_layers_are_torchs_fused_layers(bn_cnn: nn.Module) -> None:
+    """Issue 19: the folded weights are `torch.nn.utils.fusion`'s (conv and linear), and the
+    caller's layers keep their own tensors."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+    before = state(bn_cnn)
+    copy = fast.optimize(bn_cnn, images(2), channels_last=False).inner
+    fused = {"conv1": fuse_conv_bn_eval(bn_cnn.conv1, bn_cnn.bn1),
+             "conv2": fuse_conv_bn_eval(bn_cnn.conv2, bn_cnn.bn2),
+             "fc1": fuse_linear_bn_eval(bn_cnn.fc1, bn_cnn.bn4)}
+    for name, reference in fused.items():
+        layer = copy.get_submodule(name)
+        torch.testing.assert_close(layer.weight, reference.weight, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(layer.bias, reference.bias, rtol=1e-6, atol=1e-7)
+        assert layer.weight is not bn_cnn.get_submodule(name).weight
+    assert_same_state(before, state(bn_cnn))
+
+
 def test_explain_text_fast_prints_the_precision(tmp_path: Path, no_bf16: None,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     from smoothgrad.cli import main
