@@ -201,6 +201,8 @@ def main() -> None:
     parser.add_argument("--fast", type=int, nargs="*", default=[0, 25, 50],
                         help="our batch sizes with fast=True (0: auto)")
     parser.add_argument("--json", default=None, help="write the rows here")
+    parser.add_argument("--no-flat", action="store_true",
+                        help="skip the memory of ours at n and 2n (two more processes)")
     args = parser.parse_args()
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} uptime: {load}")
@@ -220,9 +222,10 @@ def main() -> None:
                      "correlation": None if reference is None or which == "captum" else
                      correlation(maps[i], maps[reference])})
         print(json.dumps(rows[-1]), flush=True)
-    flat = {n: peak_memory(args, "ours", 8, n) for n in (args.samples, 2 * args.samples)}
-    print(f"# ours, batch_size=8: peak extra MiB at n={args.samples}: "
-          f"{flat[args.samples]:.0f}, at n={2 * args.samples}: {flat[2 * args.samples]:.0f}")
+    if not args.no_flat:
+        flat = {n: peak_memory(args, "ours", 8, n) for n in (args.samples, 2 * args.samples)}
+        print(f"# ours, batch_size=8: peak extra MiB at n={args.samples}: "
+              f"{flat[args.samples]:.0f}, at n={2 * args.samples}: {flat[2 * args.samples]:.0f}")
     table(rows, times, configs)
     after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"# uptime after: {after}")
