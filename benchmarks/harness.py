@@ -146,6 +146,7 @@ def settle_tuner(model: nn.Module, x: Tensor, samples: int, *, method: Any = "gr
 class Timing:
     name: str
     seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)  # this process's CPU time
 
     @property
     def median(self) -> float:
@@ -164,22 +165,27 @@ def interleaved(impls: dict[str, Explain], x: Tensor, rounds: int, *, warmup: in
     for r in range(warmup + rounds):
         for name, fn in impls.items():
             sync(device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             fn(x)
             sync(device)
             elapsed = time.perf_counter() - start
+            cpu = time.process_time() - cpu_start
             if r >= warmup:
                 timings[name].seconds.append(elapsed)
+                timings[name].cpu_seconds.append(cpu)
         if r >= warmup:
             log(f"  round {r - warmup + 1}/{rounds}: " + ", ".join(
                 f"{n} {t.seconds[-1]:.3f}s" for n, t in timings.items()))
     return timings
 
 
-def ratio(timings: dict[str, Timing], slow: str, fast: str) -> float:
-    """Median over rounds of time(slow) / time(fast): robust to the machine's drift."""
-    return statistics.median(a / b for a, b in zip(timings[slow].seconds,
-                                                  timings[fast].seconds, strict=True))
+def ratio(timings: dict[str, Timing], slow: str, fast: str, *, cpu: bool = False) -> float:
+    """Median over rounds of time(slow) / time(fast): robust to the machine's drift.
+    `cpu`: of the process's CPU time instead of wall time."""
+    def times(name: str) -> list[float]:
+        return timings[name].cpu_seconds if cpu else timings[name].seconds
+
+    return statistics.median(a / b for a, b in zip(times(slow), times(fast), strict=True))
 
 
 def best_chunk(

@@ -655,3 +655,37 @@ def test_a_glob_of_the_folder_resumes_it_under_the_same_keys(tmp_path: Path,
     with pytest.warns(RunWarning, match="keys 'absolute paths' -> 'paths inside"):
         assert run_job(job_for(data, absolute, overwrite=True)).code == 0  # type: ignore[arg-type]
     assert_same_outputs(absolute, reference)
+
+
+def test_a_bug_of_ours_stops_the_run_while_a_failing_model_only_fails_its_images(
+        tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 18: every exception of an image group was recorded as that image's failure, so
+    a bug of smoothgrad showed up as N failed images (and `batch` exited 1 as for bad input)."""
+    from smoothgrad import errors
+    from smoothgrad.batch import Job, run, runner
+    from smoothgrad.config import SmoothConfig
+
+    def model_fails(*_: object) -> None:
+        raise RuntimeError("the model cannot take this input")
+
+    def job(name: str) -> Job:
+        return Job(str(data / "data" / "a"), tmp_path / name, SmoothConfig(samples=2),
+                   model=f"{data / 'tiny.py'}:build", workers=0, progress=False)
+
+    monkeypatch.setattr(runner, "explain_group", model_fails)
+    summary = run(job("model"))
+    assert summary.code == 1 and [r["status"] for r in summary.records] == ["failed"] * 3
+    assert all("cannot take this input" in r["error"] for r in summary.records)
+    monkeypatch.setattr(runner, "explain_group", errors.is_users)  # called with 4 arguments
+    with pytest.raises(TypeError, match="positional argument"):
+        run(job("bug"))
+    completed = subprocess.run(  # the command line calls it a bug: exit 1, one line
+        [sys.executable, "-c", "import sys; from smoothgrad import errors; "
+         "from smoothgrad.batch import runner; runner.explain_group = errors.is_users; "
+         "from smoothgrad.cli import main; sys.exit(main(sys.argv[1:]))",
+         "batch", str(data / "data" / "a"), "--out", str(tmp_path / "cli"), "--samples", "2",
+         "--model", f"{data / 'tiny.py'}:build", "--workers", "0", "--quiet"],
+        capture_output=True, text=True, check=False)
+    assert completed.returncode == 1, completed.stderr
+    assert "this is a bug in smoothgrad" in completed.stderr
+    assert len(completed.stderr.strip().splitlines()) == 1

@@ -36,6 +36,7 @@ import smoothgrad as sg
 from smoothgrad import evaluation, hf, images, models
 from smoothgrad.cli import main
 from smoothgrad.cli.parser import build_parser
+from smoothgrad.stats import AGGREGATE_FILE_NAMES
 
 CAT = images.sample_path("chelsea")
 COFFEE = images.sample_path("coffee")
@@ -358,7 +359,8 @@ def explain_gives(expected: Expected, method: str = "gradient") -> Check:
         ok(done)
         want, _ = expected(runs.place, CAT)
         assert described(want) in done.out, (described(want), done.out)
-        assert close(done.array(f"chelsea_{method}_smoothgrad.npy"), want.attribution[0])
+        name = AGGREGATE_FILE_NAMES[want.aggregate]
+        assert close(done.array(f"chelsea_{method}_{name}.npy"), want.attribution[0])
         base, _ = smoothed(runs.place, config())
         assert described(base) not in done.out  # the row changed what was computed
     return check

@@ -305,14 +305,16 @@ def test_model_left_unchanged_when_the_model_raises(x: Tensor) -> None:
 
 
 def test_config_object_and_keywords_give_the_same_result(cnn: nn.Module, x: Tensor) -> None:
-    config = sg.SmoothConfig(samples=6, noise=0.2, seed=4, aggregate="square")
+    # a fixed pass size: bit-equality needs passes of the same rows (the tuner moves them)
+    config = sg.SmoothConfig(samples=6, noise=0.2, seed=4, aggregate="square", batch_size=4)
     by_config = sg.smooth(cnn, x, config)
-    by_keywords = sg.smooth(cnn, x, samples=6, noise=0.2, seed=4, aggregate="square")
+    by_keywords = sg.smooth(cnn, x, samples=6, noise=0.2, seed=4, aggregate="square",
+                            batch_size=4)
     assert torch.equal(by_config.attribution, by_keywords.attribution)
     changed = sg.smooth(cnn, x, config, seed=5)  # a keyword beside the config replaces it
     assert torch.equal(changed.attribution,
                        sg.smooth(cnn, x, samples=6, noise=0.2, seed=5,
-                                 aggregate="square").attribution)
+                                 aggregate="square", batch_size=4).attribution)
     assert sg.SmoothConfig().noise == sg.DEFAULT_NOISE == 0.15
     assert config.as_dict()["aggregate"] == "square"
 
@@ -531,11 +533,14 @@ def test_meta_input_gets_a_hint(cnn: nn.Module) -> None:
 
 
 def test_method_warnings_come_once_per_call_at_the_callers_line() -> None:
-    model = seeded(ActivationCNN(lambda t: F.max_pool2d(F.relu(t), 1)))
+    """DeepLIFT's gap differs from pass to pass: one warning, with the largest gap."""
+    model = seeded(ActivationCNN(lambda t: F.max_pool2d(F.relu(t), 3, stride=1, padding=1)))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        sg.smooth(model, images(2), method="deeplift", samples=6, batch_size=2)
+        result = sg.smooth(model, images(2), method="deeplift", samples=6, batch_size=2)
     assert len(caught) == 1 and "max_pool2d" in str(caught[0].message)
+    largest = float(result.diagnostics["deeplift_gap"].max())
+    assert f"up to {largest:.2g} " in str(caught[0].message)
     assert caught[0].filename == __file__
 
 

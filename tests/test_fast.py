@@ -1,4 +1,4 @@
-"""The fast path (an optimised copy, checked) and the batch-size search of batch_size='auto'."""
+"""The fast path (an optimised copy, checked); the batch-size search is in test_tuning.py."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ from torch import Tensor, nn
 
 import smoothgrad as sg
 from conftest import images, seeded
-from smoothgrad import fast, guard, precision, tuning
+from smoothgrad import fast, guard, precision
 from smoothgrad.inputs import prepare
-from smoothgrad.tuning import BatchTuner
 
 
 class BatchNormCNN(nn.Module):
@@ -140,63 +139,6 @@ def test_reusing_freed_memory_changes_nothing_but_the_allocator(bn_cnn: nn.Modul
         assert float(big.sum()) == big.numel()
     assert isinstance(active, bool)
     assert torch.equal(plain, reused)
-
-
-# ------------------------------------------------------------------- batch_size="auto"
-
-
-def drive(tuner: BatchTuner, cost: dict[int, float], passes: int = 20) -> list[int]:
-    """Feed the tuner full passes whose cost per row is `cost[rows]`; return the sizes tried."""
-    tried = []
-    for _ in range(passes):
-        if tuner.finished:
-            break
-        tried.append(tuner.rows)
-        tuner.record(tuner.rows, tuner.rows, cost[tuner.rows] * tuner.rows)
-    return tried
-
-
-def test_tuner_grows_while_rows_get_cheaper() -> None:
-    tuner = BatchTuner(8, 2, 64)
-    tried = drive(tuner, {8: 1.0, 12: 0.9, 16: 0.8, 24: 0.7, 32: 0.75})
-    assert tried == [8, 8, 12, 16, 24, 32]
-    assert tuner.finished and tuner.rows == 24
-
-
-def test_tuner_shrinks_when_growing_does_not_pay() -> None:
-    tuner = BatchTuner(8, 2, 64)
-    tried = drive(tuner, {2: 0.9, 3: 0.85, 4: 0.8, 6: 0.9, 8: 1.0, 12: 1.2})
-    assert tried == [8, 8, 12, 6, 4, 3]
-    assert tuner.rows == 4
-
-
-def test_tuner_prefers_the_smaller_size_within_three_percent() -> None:
-    tuner = BatchTuner(8, 2, 64)
-    drive(tuner, {6: 1.5, 8: 1.0, 12: 0.98, 16: 1.1})
-    assert tuner.rows == 8
-
-
-def test_tuner_ignores_short_passes_and_caps_after_out_of_memory() -> None:
-    tuner = BatchTuner(64, 16, 1024)
-    tuner.record(64, 64, 1.0)  # warm-up
-    tuner.record(64, 10, 0.1)  # a short last pass: not a measurement
-    assert tuner.cost == {}
-    tuner.record(64, 64, 0.64)
-    assert tuner.rows == 96
-    tuner.out_of_memory(96)
-    assert tuner.finished and tuner.rows == 48 and tuner.most == 48
-
-
-def test_auto_batch_size_searches_once_and_gives_the_same_maps(bn_cnn: nn.Module) -> None:
-    x = images(1)
-    tuning.forget()
-    results = [sg.smooth(bn_cnn, x, samples=40, seed=2).attribution for _ in range(4)]
-    tuner = tuning.tuner_for(bn_cnn, "gradient", x, False)
-    assert tuner.finished and len(tuner.cost) >= 2
-    assert tuning.tuner_for(bn_cnn, "gradient", images(1, size=16), False) is not tuner
-    fixed = sg.smooth(bn_cnn, x, samples=40, seed=2, batch_size=3).attribution
-    for result in results:
-        torch.testing.assert_close(result, fixed, rtol=1e-5, atol=1e-7)
 
 
 # ------------------------------------------------- every input kind, reduced precision

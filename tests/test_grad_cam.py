@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -47,3 +49,75 @@ def test_grad_cam_plus_plus_hand_formula() -> None:
 def test_grad_cam_needs_a_convolution() -> None:
     with pytest.raises(ValueError, match="convolutional layer"):
         grad_cam(nn.Linear(3, 2), torch.randn(1, 3), torch.tensor([0]))
+
+
+def inplace_net(inplace: bool) -> nn.Module:
+    """The issue's net: Grad-CAM's layer (the last convolution) feeds an in-place ReLU."""
+    return seeded(nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(inplace=inplace),
+                                nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(inplace=inplace),
+                                nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, 5)))
+
+
+class ReusedInplace(nn.Module):
+    """One nn.ReLU(inplace=True) object after both convolutions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 8, 3, padding=1)
+        self.relu, self.head = nn.ReLU(inplace=True), nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.conv2(self.relu(self.conv1(x))))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("method", [grad_cam, grad_cam_plus_plus])
+def test_grad_cam_is_not_changed_by_an_inplace_successor(method) -> None:  # type: ignore[no-untyped-def]
+    """Issue 24: the recorded activation was overwritten by the in-place ReLU after the
+    layer, so the map was Grad-CAM at the ReLU's output (1.65 apart)."""
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    x, target = images(3) * 2, torch.tensor([0, 2, 4])
+    plain, inplace = inplace_net(False), inplace_net(True)
+    expected = method(plain, x, target)
+    torch.testing.assert_close(method(inplace, x, target), expected)
+    if method is grad_cam:
+        theirs = LayerGradCam(plain, plain[2]).attribute(x, target=target, relu_attributions=True)
+        theirs = LayerAttribution.interpolate(theirs, (8, 8), interpolate_mode="bilinear")
+        torch.testing.assert_close(expected, theirs.expand_as(x), rtol=1e-5, atol=1e-7)
+    reused = seeded(ReusedInplace())
+    separate = copy.deepcopy(reused)
+    separate.relu = nn.ReLU()
+    torch.testing.assert_close(method(reused, x, target), method(separate, x, target))
+
+
+class PatchNet(nn.Module):
+    """A vision-transformer-like net: one patchifying convolution, then token mixing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 8, 4, stride=4)
+        self.mix = nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.LayerNorm(8))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.mix(self.patch(x).flatten(2).transpose(1, 2))  # (N, 4, 8)
+        return self.head(tokens.mean(dim=1))
+
+
+def test_grad_cam_refuses_the_input_layer_and_reads_tokens_on_the_grid() -> None:
+    """Issue 24: the default layer of a ViT is its patch embedding, the input layer: refused
+    with a message naming a token layer, which is then read on the patch grid."""
+    model, x, target = seeded(PatchNet()), images(2), torch.tensor([0, 2])
+    with pytest.raises(ValueError, match=r"\(patch\) is its input layer.*layer=model\.mix"):
+        grad_cam(model, x, target)
+    seen = []
+    handle = model.mix.register_forward_hook(lambda m, i, o: seen.append(o))
+    score = model(x).gather(1, target[:, None]).sum()
+    handle.remove()
+    (g,) = torch.autograd.grad(score, seen[0])
+    a, g = (t.detach().reshape(2, 2, 2, 8).permute(0, 3, 1, 2) for t in (seen[0], g))
+    cam = (g.mean(dim=(2, 3), keepdim=True) * a).sum(dim=1, keepdim=True).clamp(min=0)
+    expected = F.interpolate(cam, size=(8, 8), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(grad_cam(model, x, target, layer=model.mix),
+                               expected.expand_as(x))

@@ -151,8 +151,7 @@ def test_stderr_tracks_the_spread_over_seeds() -> None:
 def test_model_left_untouched_also_on_error() -> None:
     model = one_layer(nn.ReLU()).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.warns(UserWarning, match="training mode"):
-        mean_field(model, torch.randn(2, 5), samples=8)
+    mean_field(model, torch.randn(2, 5), samples=8)  # no warning: nothing here reads the mode
     assert model.training and all(p.requires_grad for p in model.parameters())
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
@@ -162,7 +161,7 @@ def test_model_left_untouched_also_on_error() -> None:
             raise RuntimeError("boom")
 
     broken = nn.Sequential(nn.Linear(5, 5), nn.ReLU(), Boom())
-    with pytest.raises(RuntimeError, match="boom"), pytest.warns(UserWarning, match="training"):
+    with pytest.raises(RuntimeError, match="boom"):
         mean_field(broken, torch.randn(1, 5), samples=4)
     assert broken.training and not any(m._forward_hooks or m._forward_pre_hooks
                                        for m in broken.modules())

@@ -94,7 +94,11 @@ def twin(act, reference_act) -> tuple[nn.Module, nn.Module]:  # type: ignore[no-
 def test_guided_backprop_reaches_every_rectifier_form(name: str, act, fn) -> None:  # type: ignore[no-untyped-def]
     model, reference = twin(act, fn)
     x, target = images(3) * 3, torch.tensor([0, 1, 2])
-    ours = sg.methods.guided_backprop(model, x, target)
+    if name in ("GELU", "SiLU"):  # our extension of the rule: said at call time
+        with pytest.warns(UserWarning, match=f"extended rule.*{name.capitalize()}"):
+            ours = sg.methods.guided_backprop(model, x, target)
+    else:
+        ours = sg.methods.guided_backprop(model, x, target)
     leaf = x.clone().requires_grad_(True)
     (expected,) = torch.autograd.grad(reference(leaf).gather(1, target[:, None]).sum(), leaf)
     torch.testing.assert_close(ours, expected, msg=name)
@@ -149,8 +153,8 @@ def test_deeplift_sums_to_delta_for_every_relu_form(act) -> None:  # type: ignor
 
 
 def test_deeplift_warns_on_max_pooling() -> None:
-    model = seeded(ActivationCNN(lambda t: F.max_pool2d(F.relu(t), 1)))
-    with pytest.warns(UserWarning, match="max_pool2d"):
+    model = seeded(ActivationCNN(lambda t: F.max_pool2d(F.relu(t), 3, stride=1, padding=1)))
+    with pytest.warns(UserWarning, match="does not sum.*max_pool2d"):
         sg.methods.deeplift(model, images(1), torch.tensor([0]))
 
 
@@ -236,7 +240,7 @@ def test_deeplift_names_what_it_cannot_reach(make, named: str) -> None:  # type:
     result would silently be gradient × input, so the warning names the unmodified part."""
     model = make()
     x = torch.randn(2, 4, 8, generator=torch.Generator().manual_seed(1))
-    with pytest.warns(UserWarning, match=f"plain gradient.*{named}.*do not sum"):
+    with pytest.warns(UserWarning, match=f"does not sum.*does not cover.*{named}"):
         sg.methods.deeplift(model, x, torch.tensor([0, 1]))
 
 
@@ -272,3 +276,147 @@ def test_methods_return_the_output_they_computed(method: str, cnn: nn.Module, x:
     else:
         assert output is not None
         torch.testing.assert_close(output, cnn(x))
+
+
+# ------------------------------------------ every target and output form, every method (24)
+
+
+class Labelled(nn.Module):
+    """The shared CNN with class names, as `smoothgrad.models` gives them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = seeded(ReusedReluCNN())
+        self.labels = ["cat", "dog", "fox", "owl", "emu"]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.inner(x)  # type: ignore[no-any-return]
+
+
+def _options(method: str) -> dict[str, object]:
+    return {"steps": 4} if method == "integrated_gradients" else {}
+
+
+@pytest.mark.parametrize("method", sorted(sg.methods.BY_NAME))
+def test_every_method_takes_every_target_form(method: str) -> None:
+    """Issue 23: `deeplift.with_output(model, x, 281)` raised AttributeError on an int; every
+    base method takes what smooth takes, through one conversion."""
+    import numpy as np
+
+    model, x = Labelled().eval(), images(2)
+    chosen, options = sg.methods.BY_NAME[method], _options(method)
+    expected = chosen(model, x, torch.tensor([2, 2]), **options)
+    for form in (2, [2], [2, 2], np.int64(2), np.array([2, 2]), torch.tensor(2), "fox",
+                 "FOX", ["fox", "fox"], lambda out: out[:, 2]):
+        torch.testing.assert_close(chosen.with_output(model, x, form, **options).map,
+                                   expected, msg=f"{method} {form!r}")
+    argmax = model(x).argmax(dim=1)
+    torch.testing.assert_close(chosen(model, x, None, **options), chosen(model, x, argmax,
+                                                                         **options))
+    for bad, error, says in ((2.5, TypeError, "target must be"), ("yak", ValueError,
+                             "target: unknown class 'yak'"), (7, ValueError, "out of range")):
+        with pytest.raises(error, match=says):
+            chosen(model, x, bad, **options)
+    with pytest.raises(ValueError, match="target: 'fox' is a class name, but the model has "
+                                         "no labels"):
+        chosen(model.inner, x, "fox", **options)
+
+
+class Returns(nn.Module):
+    """The shared CNN returning its logits as a tuple, a dict or a ModelOutput."""
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        self.inner, self.form = seeded(ReusedReluCNN()), form
+
+    def forward(self, x: Tensor) -> object:
+        logits = self.inner(x)
+        if self.form == "tuple":
+            return logits, "extra"
+        if self.form == "dict":
+            return {"logits": logits, "hidden": None}
+        from transformers.modeling_outputs import ImageClassifierOutput
+
+        return ImageClassifierOutput(logits=logits)
+
+
+@pytest.mark.parametrize("form", ["tuple", "dict", "ModelOutput"])
+def test_every_method_reads_every_output_form(form: str) -> None:
+    """Issue 24: `sg.methods.gradient(hf_model, x, t)` raised on a ModelOutput."""
+    model, x, target = Returns(form).eval(), images(2), torch.tensor([1, 3])
+    for method in sorted(sg.methods.BY_NAME):
+        chosen, options = sg.methods.BY_NAME[method], _options(method)
+        torch.testing.assert_close(chosen(model, x, target, **options),
+                                   chosen(model.inner, x, target, **options), msg=method)
+
+
+# ----------------------------------------------------- DeepLIFT's promise, measured (24)
+
+
+class Block(nn.Module):
+    """h = relu(W x) then one operation the rescale rule does not cover, then a head."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.inner, self.gate, self.head = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+        self.norm = nn.LayerNorm(8)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.inner(x))  # (N, T, 8)
+        if self.kind == "layer_norm":
+            h = self.norm(h)
+        elif self.kind == "gate":
+            h = h * torch.sigmoid(self.gate(h))
+        elif self.kind == "square":
+            h = h * h
+        elif self.kind == "attention":
+            h = F.scaled_dot_product_attention(h, h, h)
+        return self.head(h).mean(dim=1)
+
+
+@pytest.mark.parametrize(("kind", "named"), [
+    ("layer_norm", "layer_norm"), ("gate", "product of activations \\(mul\\)"),
+    ("square", "product of activations \\(mul\\)"),
+    ("attention", "scaled_dot_product_attention|product of activations \\(bmm\\)"),
+])
+def test_deeplift_measures_its_gap_and_names_what_broke_it(kind: str, named: str) -> None:
+    """Issue 24: no warning was given on LayerNorm (gap 5.1), a gate h·σ(Wh) (1.2), h·h (2.5)
+    or F.scaled_dot_product_attention (0.9); the gap is now measured on every call."""
+    model = seeded(Block(kind))
+    x = torch.randn(3, 4, 8, generator=torch.Generator().manual_seed(2)) * 2
+    target = torch.tensor([0, 1, 2])
+    with pytest.warns(UserWarning, match=f"does not sum.*relative gap up to .*({named})"):
+        explained = sg.methods.deeplift.with_output(model, x, target)
+    with torch.no_grad():
+        delta = (model(x) - model(torch.zeros_like(x))).gather(1, target[:, None])[:, 0]
+    gap = (explained.map.sum(dim=(1, 2)) - delta).abs() / delta.abs()
+    torch.testing.assert_close(explained.notes["deeplift_gap"], gap, rtol=1e-4, atol=1e-6)
+    assert float(gap.max()) > 0.01
+    with pytest.warns(UserWarning, match="does not sum"):
+        result = sg.smooth(model, x, method="deeplift", samples=6, batch_size=4, seed=1)
+    assert result.diagnostics["deeplift_gap"].shape == (3,)
+    assert bool((result.diagnostics["deeplift_gap"] > 1e-3).any())
+
+
+def test_deeplift_without_warning_keeps_its_promise_in_smooth() -> None:
+    model = seeded(Block("none"))
+    x = torch.randn(3, 4, 8, generator=torch.Generator().manual_seed(2))
+    result = sg.smooth(model, x, method="deeplift", samples=6, batch_size=4)
+    assert float(result.diagnostics["deeplift_gap"].max()) < 1e-4
+
+
+def test_guided_backprop_says_where_it_extends_the_rule() -> None:
+    """Issue 24: GELU, SiLU and Mish get our extended rule: said once per call and kept in
+    the result's diagnostics."""
+    model = seeded(ActivationCNN(nn.GELU()))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = sg.smooth(model, images(2), method="guided_backprop", samples=6, batch_size=4)
+    assert [str(w.message) for w in caught] == [
+        "guided_backprop applied its extended rule (zero the negative upstream gradient, then "
+        "the local derivative; the original method guides rectifiers only) to: Gelu"]
+    assert result.diagnostics == {"extended_rule": ("Gelu",), "unmodified": ()}
+    plain = sg.smooth(seeded(ActivationCNN(nn.ReLU())), images(2), method="guided_backprop",
+                      samples=2)
+    assert plain.diagnostics == {"extended_rule": (), "unmodified": ()}

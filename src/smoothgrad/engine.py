@@ -27,7 +27,14 @@ from smoothgrad import targets
 from smoothgrad.config import SmoothConfig, SmoothOptions, configured
 from smoothgrad.guard import explaining, gradients_on
 from smoothgrad.inputs import Extras, bind, examples, repeat_rows, split_method
-from smoothgrad.methods import BY_NAME, attributed, bounded, resolve_method, rows_per_input
+from smoothgrad.methods import (
+    BY_NAME,
+    MeasuredWarning,
+    attributed,
+    bounded,
+    resolve_method,
+    rows_per_input,
+)
 from smoothgrad.noise import standard_normal
 from smoothgrad.outputs import pick
 from smoothgrad.precision import Precision
@@ -72,7 +79,9 @@ def smooth(
       value (`samples=50` beside `SmoothConfig(samples=20)` runs 50); any other name is a
       TypeError suggesting the closest.
     - target: None explains each example's clean argmax (kept for every noisy copy); an
-      int, or N ints, names classes; a callable `output -> (rows,)` gives a custom score.
+      int, or N ints, names classes, as do class names where the model has labels (a
+      `labels` list, a Hugging Face config's `id2label`); a callable `output -> (rows,)`
+      gives a custom score. Every base method takes the same forms (`smoothgrad.targets`).
     - method_kwargs: extra keywords of the base method (per-example baselines, Captum
       options).
     - progress: called after each pass with the number of samples it added (progress bars).
@@ -161,11 +170,24 @@ def _loop(run: _Run, progress: Callable[[int], None] | None,
 def _report(caught: list[warnings.WarningMessage]) -> None:
     """Give each distinct warning of the call once, pointing at the caller of `smooth`."""
     seen: set[tuple[type[Warning], str]] = set()
-    for message in caught:
+    for message in _largest_measured(caught):
         key = (message.category, str(message.message))
         if key not in seen:
             seen.add(key)
-            warnings.warn(str(message.message), message.category, stacklevel=3)
+            warnings.warn(message.message, stacklevel=3)  # the instance: its category
+
+
+def _largest_measured(caught: list[warnings.WarningMessage]) -> list[warnings.WarningMessage]:
+    """`caught` with each `MeasuredWarning` key (one per pass) kept once: its largest value."""
+    largest: dict[str, MeasuredWarning] = {}
+    for message in caught:
+        measured = message.message
+        if isinstance(measured, MeasuredWarning):
+            kept = largest.get(measured.key)
+            if kept is None or measured.value > kept.value:
+                largest[measured.key] = measured
+    return [message for message in caught if not isinstance(message.message, MeasuredWarning)
+            or largest[message.message.key] is message.message]
 
 
 class _Run:
@@ -189,7 +211,7 @@ class _Run:
         if subject.direct and not isinstance(clean, Tensor):
             subject, clean = subject.wrapped(), pick(clean)
         self.subject, self.per_call = subject, subject.at_layer(per_call)
-        self.target = targets.resolve(target, clean)
+        self.target = targets.resolve(target, clean, targets.labels_of(model))
         self.probability = target_probability(clean, None if callable(self.target)
                                               else self.target)
         self.sigma = extras.sigma(subject, self.x, options)
@@ -209,6 +231,7 @@ class _Run:
                                   antithetic=options.antithetic, device=self.x.device)
                       for part in self.passes.parts]
         self.flips = torch.zeros(self.x.shape[0], device=self.x.device)
+        self.notes: dict[str, Any] = {}
         self.done = 0
         self.precision: Precision | None = None
         if options.fast:
@@ -240,6 +263,7 @@ class _Run:
             assert chosen is not None
             self.subject, self.runner = chosen, chosen.model
             self.flips.zero_()
+            self.notes.clear()
             self.done = 0
             kept[reduced] = self._sampled(check if reduced is None else first)
             return torch.cat(kept[reduced], dim=1)[:check]
@@ -254,6 +278,7 @@ class _Run:
             fast.remember(model, dtype, decision)
             self.subject, self.runner = copies.full, copies.full.model
             self.flips.zero_()
+            self.notes.clear()
             self.done = 0
         return decision
 
@@ -288,14 +313,17 @@ class _Run:
         x, count, shape = self.x[part], noise.shape[0], self.x.shape[1:]
         sigma = self.sigma[part]
         scale = sigma.reshape(*sigma.shape, *([1] * (x.dim() - sigma.dim())))
-        batch = (x.unsqueeze(0) + scale.unsqueeze(0) * noise).reshape(-1, *shape)
+        batch = torch.addcmul(x.unsqueeze(0), scale.unsqueeze(0), noise).reshape(-1, *shape)
         target = self.target if callable(self.target) else self.target[part].repeat(count)
         runner = self.runner if self.subject.direct else self.subject.runner(part)
         rows = self.passes.rows if self.subject.direct else max(
             x.shape[0], self.passes.rows // x.shape[0] * x.shape[0])  # whole groups of copies
         explain = bind(bounded(self.explain, self.options.method, rows), self.per_call,
                        self.subject.n, part, count)
-        attribution, output = attributed(explain(runner, batch, target), batch.shape[0])
+        with self.passes.measuring(batch.shape[0]):
+            returned = attributed(explain(runner, batch, target), batch.shape[0])
+        attribution, output = returned
+        self._note(returned.notes, part, count)
         if attribution.shape != batch.shape:
             raise ValueError(f"method must return a tensor shaped like its input "
                              f"{tuple(batch.shape)}, got {tuple(attribution.shape)}")
@@ -311,6 +339,17 @@ class _Run:
             flipped = (output.argmax(dim=1) != target).view(count, -1).sum(dim=0).float()
         stats.update(attribution.detach().reshape(count, *x.shape))
         return flipped.to(x.device)
+
+    def _note(self, notes: Mapping[str, Any], part: slice, count: int) -> None:
+        """Keep a pass's notes: per-row values as each example's largest over its copies
+        (DeepLIFT's gap), names as the union over the passes."""
+        for key, value in notes.items():
+            if isinstance(value, Tensor):
+                largest = value.detach().reshape(count, -1).amax(dim=0).to(self.flips)
+                kept = self.notes.setdefault(key, torch.zeros_like(self.flips))
+                kept[part] = torch.maximum(kept[part], largest)
+            else:
+                self.notes[key] = tuple(sorted({*self.notes.get(key, ()), *value}))
 
     def worst_error(self) -> float:
         """The largest relative error of the main aggregate over the examples."""
@@ -338,7 +377,7 @@ class _Run:
             target=resolved, sigma=self.shown_sigma, aggregate=main,
             flip_rate=None if resolved is None else self.flips / max(self.done, 1),
             inputs=self.inputs, method=self.options.method_name, probability=self.probability,
-            maps=maps, precision=self.precision)
+            maps=maps, diagnostics=dict(self.notes), precision=self.precision)
 
 
 class _Kept:

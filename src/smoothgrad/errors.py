@@ -19,7 +19,12 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["OptionError", "UserError", "is_users"]
+import traceback
+from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parent
+
+__all__ = ["OptionError", "UserError", "is_users", "raised_by_smoothgrad"]
 
 
 class UserError(Exception):
@@ -35,3 +40,20 @@ def is_users(exc: BaseException) -> bool:
     """Whether `exc` is for the user to fix: a `UserError`, or an OSError about a named file
     (missing, unreadable, not writable, disk full)."""
     return isinstance(exc, UserError) or (isinstance(exc, OSError) and exc.filename is not None)
+
+
+def raised_by_smoothgrad(exc: BaseException) -> bool:
+    """Whether `exc` is a bug of ours: not the user's, and raised in smoothgrad's own code
+    (its innermost frame), not in the user's model or a library it called.
+
+    Example:
+        >>> try:
+        ...     is_users(1, 2)  # a call with wrong arguments fails in the caller's frame
+        ... except TypeError as exc:
+        ...     raised_by_smoothgrad(exc)
+        False
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    if is_users(exc) or not frames:
+        return False
+    return Path(frames[-1].filename).resolve().is_relative_to(_PACKAGE)

@@ -25,8 +25,11 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import inspect
+import re
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -35,7 +38,7 @@ import torch
 from torch import nn
 
 __all__ = ["cudnn_benchmark", "explaining", "gradients_on", "intra_op_threads",
-           "reusing_freed_memory"]
+           "mode_dependent", "reusing_freed_memory"]
 
 
 @contextmanager
@@ -45,26 +48,81 @@ def explaining(model: nn.Module) -> Iterator[nn.Module]:
     Every module's training flag and every parameter's `requires_grad` come back as they
     were, also when the block raises. A model in training mode is explained in eval mode
     (so dropout is off and BatchNorm statistics do not drift from the noisy copies), with
-    a warning.
+    a warning when that changes anything: when a module whose behaviour depends on the mode
+    (`mode_dependent`) is in training mode. A fresh wrapper around a model in eval mode
+    changes nothing and gets no warning.
     """
-    modes = [(module, module.training) for module in model.modules()]
-    flags = [(param, param.requires_grad) for param in model.parameters()]
-    if any(training for _, training in modes):
+    modules = list(model.modules())
+    training = [module for module in modules if module.training]
+    learning = [param for param in model.parameters() if param.requires_grad]
+    changed = Counter(type(module).__name__ for module in training if mode_dependent(module))
+    was_training = {id(module) for module in training}
+    if changed:
+        named = ", ".join(f"{name} ×{n}" if n > 1 else name for name, n in sorted(changed.items()))
         warnings.warn(
-            "model is in training mode: explaining it in eval mode for this call "
-            "(its mode is restored afterwards)",
+            f"model is in training mode ({named} behave differently in it): explaining it "
+            "in eval mode for this call (its mode is restored afterwards)",
             stacklevel=4,
         )
     try:
-        model.eval()
-        for param, _ in flags:
+        if training:
+            model.eval()
+        for param in learning:
             param.requires_grad_(False)
         yield model
     finally:
-        for module, training in modes:
-            module.training = training
-        for param, requires_grad in flags:
-            param.requires_grad_(requires_grad)
+        for module in modules:  # only what eval() or the block changed: setting is slow
+            if module.training != (id(module) in was_training):
+                module.training = id(module) in was_training
+        for param in learning:
+            param.requires_grad_(True)
+
+
+_MODE_CLASSES = (nn.modules.dropout._DropoutNd | nn.modules.batchnorm._NormBase | nn.RNNBase
+                 | nn.MultiheadAttention)
+_READS_TRAINING = re.compile(r"\bself\.training\b(?!\s*=[^=])")
+
+
+def mode_dependent(module: nn.Module) -> bool:
+    """Whether `module` computes something else in training mode than in eval mode.
+
+    Dropout, BatchNorm (and instance norm with running statistics), recurrent layers and
+    multi-head attention with dropout; any module overriding `train`; and any module whose
+    own code (its class and bases, up to `nn.Module`) reads `self.training` (Hugging Face
+    attention does), or whose code cannot be read (TorchScript). A container that only calls
+    other modules is not.
+
+    Example:
+        >>> mode_dependent(nn.Dropout()), mode_dependent(nn.Sequential(nn.Linear(2, 2)))
+        (True, False)
+    """
+    if isinstance(module, nn.modules.batchnorm._NormBase):
+        return module.track_running_stats
+    if isinstance(module, nn.RNNBase | nn.MultiheadAttention):
+        return bool(module.dropout)
+    if isinstance(module, _MODE_CLASSES | torch.jit.ScriptModule):
+        return True
+    return type(module).train is not nn.Module.train or _reads_training(type(module))
+
+
+_READERS: dict[type, bool] = {}
+
+
+def _reads_training(cls: type) -> bool:
+    """Whether the code of `cls` or a base class below `nn.Module` reads `self.training`."""
+    if cls not in _READERS:
+        _READERS[cls] = False
+        for klass in cls.__mro__:
+            if klass is nn.Module or not issubclass(klass, nn.Module):
+                break
+            try:
+                source = inspect.getsource(klass)
+            except (OSError, TypeError):
+                continue  # defined where its source cannot be read (a notebook cell, C)
+            if _READS_TRAINING.search(source):
+                _READERS[cls] = True
+                break
+    return _READERS[cls]
 
 
 @contextmanager

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,8 +22,10 @@ from smoothgrad.config import DEFAULT_NOISE
 __all__ = ["checked_sigma", "example_range", "noise_scale", "sample_seed", "standard_normal"]
 
 
+@functools.lru_cache(maxsize=65536)
 def sample_seed(seed: int, index: int) -> int:
-    """A well-mixed 64-bit generator seed for noisy sample `index` of run `seed`."""
+    """A well-mixed 64-bit generator seed for noisy sample `index` of run `seed` (kept: a
+    NumPy SeedSequence takes ~25 µs, a tenth of a small model's pass for 50 samples)."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0])
 
 
@@ -42,13 +45,14 @@ def standard_normal(
     even sample before them (pairs ε, −ε).
     """
     generator = torch.Generator(device=device)
-    draws = []
-    for index in indices:
+    draws = torch.empty((len(indices), *shape), device=device, dtype=torch.float32)
+    for row, index in enumerate(indices):
         base = index - index % 2 if antithetic else index
         generator.manual_seed(sample_seed(seed, base))
-        draw = torch.randn(tuple(shape), generator=generator, device=device, dtype=torch.float32)
-        draws.append(-draw if antithetic and index % 2 else draw)
-    return torch.stack(draws).to(dtype)
+        torch.randn(tuple(shape), generator=generator, out=draws[row])
+        if antithetic and index % 2:
+            draws[row].neg_()
+    return draws.to(dtype)
 
 
 def noise_scale(x: Tensor, noise: float | None, stdev: float | None) -> Tensor:

@@ -7,13 +7,15 @@ rectifier takes — `nn.ReLU` (in-place or reused), `F.relu`, `torch.relu_`, `Re
 `LeakyReLU` — and nothing outlives the graph. DeepLIFT's rescale rule replaces the
 elementwise functions during one forward pass, inside a `TorchFunctionMode` that is popped
 on exit; afterwards one walk of the pass's graph finds every nonlinearity the rule did not
-reach (TorchScript, fused recurrent layers, max pooling, …) so it can be named.
+reach (TorchScript, fused recurrent layers, max pooling, normalisation, products of
+activations, …) so it can be named when DeepLIFT's summation gap shows it mattered.
 
 Example:
     >>> import torch
     >>> x = torch.tensor([-1.0, 2.0], requires_grad=True)
     >>> y = (torch.relu(x) * torch.tensor([1.0, -3.0])).sum()
     >>> guide_rectifiers(y.grad_fn)
+    {'extended_rule': (), 'unmodified': ()}
     >>> torch.autograd.grad(y, x)[0]
     tensor([0., 0.])
 """
@@ -34,7 +36,7 @@ from torch.overrides import TorchFunctionMode
 
 __all__ = [
     "GUIDED", "RESCALED", "RULES", "Rescaling", "Rule", "graph_nodes", "guide_rectifiers",
-    "intercepted", "node_kind", "unmodified_by_deeplift",
+    "intercepted", "node_kind", "uncovered_by_deeplift",
 ]
 
 
@@ -42,8 +44,10 @@ __all__ = [
 class Rule:
     """What the modified-gradient methods do at one kind of autograd node.
 
-    guided: "guide" (only the positive upstream gradient passes, times the local derivative)
-    or "warn" (left unmodified and named in a warning); "" for a node guided backprop ignores.
+    guided: "guide" (a rectifier: only the positive upstream gradient passes, times the local
+    derivative), "extend" (the same rule on a smooth rectifier-like function, which is our
+    extension of the method and is said so in a warning and the notes), "warn" (left
+    unmodified and named in a warning), or "" for a node guided backprop ignores.
     deeplift: "rescale" (Δy/Δx, by replacing `functions` in the forward pass) or "warn" (the
     plain gradient, named in a warning). label: the name a user knows the operation by.
     """
@@ -64,13 +68,13 @@ RULES: dict[str, Rule] = {
     "LeakyRelu": _rule("guide", "leaky_relu", "leaky_relu_"),
     "Threshold": _rule("guide", "threshold", "threshold_"),
     "PreluKernel": Rule("guide", "warn", "prelu"),
-    "Elu": _rule("guide", "elu", "elu_", "selu", "selu_"),
-    "Celu": _rule("guide", "celu", "celu_"),
-    "Gelu": _rule("guide", "gelu"),
-    "Silu": _rule("guide", "silu"),
-    "Mish": _rule("guide", "mish"),
-    "Softplus": _rule("guide", "softplus"),
-    "Hardswish": _rule("guide", "hardswish"),
+    "Elu": _rule("extend", "elu", "elu_", "selu", "selu_"),
+    "Celu": _rule("extend", "celu", "celu_"),
+    "Gelu": _rule("extend", "gelu"),
+    "Silu": _rule("extend", "silu"),
+    "Mish": _rule("extend", "mish"),
+    "Softplus": _rule("extend", "softplus"),
+    "Hardswish": _rule("extend", "hardswish"),
     "Sigmoid": _rule("warn", "sigmoid", "sigmoid_"),
     "Tanh": _rule("warn", "tanh", "tanh_"),
     "Hardsigmoid": _rule("warn", "hardsigmoid"),
@@ -88,7 +92,7 @@ RULES: dict[str, Rule] = {
 }
 """Autograd node kind -> the guided-backprop and DeepLIFT rules at that node."""
 
-GUIDED = frozenset(kind for kind, rule in RULES.items() if rule.guided == "guide")
+GUIDED = frozenset(kind for kind, rule in RULES.items() if rule.guided in ("guide", "extend"))
 """Autograd node kinds whose negative upstream gradient guided backprop zeroes."""
 
 RESCALED = frozenset(name for rule in RULES.values() if rule.deeplift == "rescale"
@@ -120,30 +124,39 @@ def _positive_part(grad_outputs: tuple[Tensor | None, ...]) -> tuple[Tensor | No
     return tuple(None if g is None else g.clamp(min=0) for g in grad_outputs)
 
 
-def guide_rectifiers(root: Any) -> None:
-    """Apply the guided rule at every activation node of the graph below `root`.
+def guide_rectifiers(root: Any) -> dict[str, tuple[str, ...]]:
+    """Apply the guided rule at every activation node of the graph below `root`; return notes.
 
-    Guided nodes (`GUIDED`: ReLU, ReLU6/hardtanh, LeakyReLU, PReLU, threshold, and the
-    rectifier-like ELU, CELU, SELU, GELU, SiLU, Mish, Softplus, Hardswish) pass on only the
-    positive part of their upstream gradient times their local derivative. Sigmoid, tanh,
-    hard-sigmoid and clamp nodes are left unmodified, with a warning naming them; a graph
-    without any rectifier (a compiled model, say) warns that the result is the plain gradient.
+    Rectifier nodes (ReLU, ReLU6/hardtanh, LeakyReLU, PReLU, threshold) pass on only the
+    positive part of their upstream gradient times their local derivative. The rectifier-like
+    ELU, CELU, SELU, GELU, SiLU, Mish, Softplus and Hardswish get the same rule, which is our
+    extension of the method (Springenberg et al. define it for ReLU): a warning says so, and
+    the notes list them as ``extended_rule``. Sigmoid, tanh, hard-sigmoid and clamp nodes are
+    left unmodified, with a warning naming them (``unmodified``); a graph without any
+    rectifier (a compiled model, say) warns that the result is the plain gradient.
     """
-    guided, left = 0, set()
+    guided, extended, left = 0, set(), set()
     for node in graph_nodes(root):
         kind = node_kind(node)
         rule = RULES.get(kind)
-        if rule is not None and rule.guided == "guide":
+        if rule is not None and rule.guided in ("guide", "extend"):
             node.register_prehook(_positive_part)
             guided += 1
+            if rule.guided == "extend":
+                extended.add(kind)
         elif rule is not None and rule.guided == "warn":
             left.add(kind)
     if not guided:
         warnings.warn("guided_backprop found no rectifier in the model's autograd graph: "
                       "the result is the plain gradient", stacklevel=3)
+    if extended:
+        warnings.warn("guided_backprop applied its extended rule (zero the negative upstream "
+                      "gradient, then the local derivative; the original method guides "
+                      "rectifiers only) to: " + ", ".join(sorted(extended)), stacklevel=3)
     if left:
         warnings.warn("guided_backprop left these nonlinearities unmodified: "
                       + ", ".join(sorted(left)), stacklevel=3)
+    return {"extended_rule": tuple(sorted(extended)), "unmodified": tuple(sorted(left))}
 
 
 def _flat_below(dtype: torch.dtype) -> float:
@@ -226,7 +239,7 @@ class Rescaling:
     input pass calls is paired, in call order, with the same call of the baseline pass (same
     function, same shape) and its backward uses Δy/Δx, so models that reshape or move the
     batch dimension are covered. Anything the rule cannot reach keeps its plain gradient, and
-    `unmodified_by_deeplift` names it from the input pass's graph.
+    `uncovered_by_deeplift` names it from the input pass's graph.
 
     Example:
         >>> x, base = torch.tensor([[2.0]], requires_grad=True), torch.zeros(1, 1)
@@ -255,17 +268,91 @@ class Rescaling:
             yield
 
 
-def unmodified_by_deeplift(root: Any, model: nn.Module) -> list[str]:
-    """The nonlinearities in the graph below `root` that kept their plain gradient, named.
+_LINEAR = frozenset({
+    "Add", "Sub", "Neg", "View", "UnsafeView", "Reshape", "ReshapeAlias", "Permute",
+    "Transpose", "T", "Expand", "Squeeze", "Unsqueeze", "Clone", "Cat", "Stack", "Split",
+    "SplitWithSizes", "UnsafeSplit", "UnsafeSplitWithSizes", "Chunk", "Unbind", "Unfold",
+    "Select", "Slice", "Index", "IndexSelect", "Gather", "Narrow",
+    "Sum", "Mean", "AvgPool2D", "AvgPool3D", "AdaptiveAvgPool2D", "AdaptiveAvgPool3D",
+    "ConstantPadNd", "ReflectionPad1D", "ReflectionPad2D", "ReplicationPad2D",
+    "UpsampleNearest2D", "UpsampleBilinear2D", "UpsampleBicubic2D", "Roll", "Repeat", "Flip",
+    "ToCopy", "Alias", "AsStrided", "PixelShuffle", "PixelUnshuffle", "Im2Col", "Col2Im",
+    "Cumsum", "Diagonal", "Tril", "Triu", "Where", "MaskedFill", "Embedding", "_Rescale",
+    "torch::autograd::AccumulateGrad", "torch::autograd::CopySlices",
+    "torch::autograd::CopyBackwards", "torch::autograd::GraphRoot",
+})
+"""Node kinds linear in the input (the rescale rule is exact through them)."""
 
-    Each entry is "label ×count"; recurrent and TorchScript modules of `model` are named too,
-    since the rule cannot reach inside them.
+_FACTORS = {"Mul": (0, 1), "Mm": (0, 1), "Bmm": (0, 1), "Addmm": (1, 2), "Baddbmm": (1, 2),
+            "Addbmm": (1, 2), "Addmv": (1, 2), "Mv": (0, 1), "Dot": (0, 1),
+            "Convolution": (0, 1), "NativeBatchNorm": (0, 1), "Div": (1,)}
+"""Node kinds linear in the input unless these operands all depend on it (a product of two
+activations, or Div's denominator); BatchNorm only in eval mode."""
+
+_NAMES = {"NativeLayerNorm": "layer_norm", "NativeGroupNorm": "group_norm",
+          "SafeSoftmax": "softmax", "Div": "division by an activation (div)"}
+
+
+def uncovered_by_deeplift(root: Any, leaf: Tensor, model: nn.Module) -> list[str]:
+    """The operations on the path from `leaf` to `root` (a `grad_fn`) that the rescale rule
+    does not cover, named ("label ×count"): the nonlinearities it did not replace (max
+    pooling, softmax, normalisation layers, fused attention, any function it has no rule
+    for) and products of two activations (gates h·σ(Wh), h·h, attention's q·kᵀ). Recurrent and
+    TorchScript modules of `model` are named too, since the rule cannot reach inside them.
     """
-    counts = Counter(RULES[kind].label for kind in map(node_kind, graph_nodes(root))
-                     if kind in RULES and RULES[kind].deeplift != "")
+    depends = _depending(root, leaf)
+    counts: Counter[str] = Counter()
+    for node in graph_nodes(root):
+        kind = node_kind(node)
+        if id(node) not in depends or kind in _LINEAR:
+            continue
+        if kind in _FACTORS:
+            inputs = [child for child, _ in node.next_functions]
+            factors = [i for i in _FACTORS[kind] if i < len(inputs)]
+            if not all(id(inputs[i]) in depends for i in factors) and not (
+                    kind == "NativeBatchNorm" and node._saved_training):
+                continue
+        counts[_label(kind)] += 1
     found = [f"{label} ×{n}" if n > 1 else label for label, n in sorted(counts.items())]
-    if found:
-        found += [f"{name or 'the model'} ({type(module).__name__})"
-                  for name, module in model.named_modules()
-                  if isinstance(module, nn.RNNBase | torch.jit.ScriptModule)]
-    return found
+    return found + _opaque(model) if found else found
+
+
+def _opaque(model: nn.Module) -> list[str]:
+    """Recurrent and TorchScript modules of `model` (outermost only), named."""
+    named: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        inside = any(name.startswith(f"{outer}.") or not outer for outer in named)
+        if isinstance(module, nn.RNNBase | torch.jit.ScriptModule) and not inside:
+            named[name] = module
+    return [f"{name or 'the model'} ({type(module).__name__})" for name, module in named.items()]
+
+
+def _label(kind: str) -> str:
+    if kind in RULES:
+        return RULES[kind].label
+    if kind.startswith("ScaledDotProduct"):
+        return "scaled_dot_product_attention"
+    if kind in _FACTORS and kind != "Div":
+        return f"product of activations ({kind.lower()})"
+    return _NAMES.get(kind, re.sub(r"(?<!^)(?=[A-Z])", "_", kind).lower())
+
+
+def _depending(root: Any, leaf: Tensor) -> set[int]:
+    """Ids of the nodes below `root` whose value depends on `leaf` (iteratively, children
+    first, so deep graphs do not recurse)."""
+    depends: set[int] = set()
+    done: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if node is None or (id(node) in done and not expanded):
+            continue
+        children = [child for child, _ in node.next_functions if child is not None]
+        if not expanded:
+            stack.append((node, True))
+            stack.extend((child, False) for child in children if id(child) not in done)
+            continue
+        done.add(id(node))
+        if getattr(node, "variable", None) is leaf or any(id(c) in depends for c in children):
+            depends.add(id(node))
+    return depends

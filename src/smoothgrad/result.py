@@ -48,6 +48,10 @@ class SmoothResult(Generic[M]):
     first); `select(name)` gives the result for any of them.
     precision: with fast=True, the precision the passes ran in and the check that chose it
     (`smoothgrad.precision.Precision`); None otherwise.
+    diagnostics: what the base method measured or applied (its notes), by name:
+    ``deeplift_gap`` (N,), each example's largest relative summation gap of DeepLIFT over
+    its noisy copies; ``extended_rule`` and ``unmodified``, the operations guided backprop
+    applied its extended rule to or left alone. Empty for methods without notes.
     """
 
     attribution: M
@@ -61,6 +65,7 @@ class SmoothResult(Generic[M]):
     method: str = ""
     probability: Tensor | None = None
     maps: dict[str, tuple[M, M]] = field(default_factory=dict, repr=False, compare=False)
+    diagnostics: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     precision: Precision | None = None
 
     @property

@@ -45,32 +45,46 @@ class RunningMoments:
 
     Each `update` takes a chunk `(s, *shape)` of new samples and merges its own moments into
     the running ones with the pairwise formulas of Chan et al. and Pébay (2008), so the result
-    does not depend on how the stream was chunked (up to float rounding). Statistics are kept
-    in float64 (float32 on MPS, which has no float64).
+    does not depend on how the stream was chunked (up to float rounding). The mean and mean
+    |M| are running sums in the statistics' dtype divided by the count (float32 values sum
+    exactly in float64 unless one element's values span about 2^25 or more), so the same
+    samples give the same map however they were chunked (a repeated call whose passes were sized
+    otherwise included). Without fourth moments a chunk's centred squares are taken in its
+    own dtype (float32 or wider; centred first, so nothing cancels; ~1e-7 of a value, in the
+    standard error only), with them in the statistics' dtype. Statistics are kept in float64
+    (float32 on MPS, which has no float64). `mean |M|` is kept only when `absolute`
+    (aggregate "abs").
     """
 
     def __init__(self, shape: Sequence[int], *, device: torch.device | str = "cpu",
-                 fourth: bool = True) -> None:
+                 fourth: bool = True, absolute: bool = True) -> None:
         dtype = _stats_dtype(device)
         self.count = 0
-        self.fourth = fourth
+        self.fourth, self.absolute = fourth, absolute
         self.mean = torch.zeros(tuple(shape), dtype=dtype, device=device)
-        self.abs_mean, self.m2 = torch.zeros_like(self.mean), torch.zeros_like(self.mean)
+        self.m2 = torch.zeros_like(self.mean)
+        self.total, self.abs_total = torch.zeros_like(self.mean), torch.zeros_like(self.mean)
         self.m3, self.m4 = torch.zeros_like(self.mean), torch.zeros_like(self.mean)
 
     def update(self, chunk: Tensor) -> None:
         """Merge the samples `chunk[0], chunk[1], ...` into the running moments."""
-        values = chunk.to(self.mean.dtype, copy=True)  # a copy: centred in place below
-        nb = values.shape[0]
+        wide = torch.promote_types(chunk.dtype, torch.float32)
+        nb = chunk.shape[0]
         na, n = self.count, self.count + nb
-        mean_b = values.mean(dim=0)
-        abs_mean_b = values.abs().mean(dim=0)
-        centred = values.sub_(mean_b)
+        if self.absolute:
+            self.abs_total += chunk.abs().sum(dim=0, dtype=self.mean.dtype)
         if self.fourth:
+            values = chunk.to(self.mean.dtype)
+            sum_b = values.sum(dim=0)
+            mean_b = sum_b / nb
+            centred = values - mean_b
             squared = centred.square()
             m2_b = squared.sum(dim=0)
-        else:  # in place: each temporary the size of the chunk costs as much as the sum
-            m2_b = centred.mul_(centred).sum(dim=0)
+        else:  # centred in the chunk's dtype, squared in place: one chunk-sized temporary
+            sum_b = chunk.sum(dim=0, dtype=self.mean.dtype)
+            mean_b = sum_b / nb
+            centred = chunk.to(wide) - mean_b.to(wide)
+            m2_b = centred.mul_(centred).sum(dim=0).to(self.mean.dtype)
         delta = mean_b - self.mean
         if self.fourth:
             m3_b = (squared * centred).sum(dim=0)
@@ -83,16 +97,18 @@ class RunningMoments:
                        + 3 * delta * (na * m2_b - nb * self.m2) / n)
         self.m2 = self.m2 + m2_b + delta**2 * (na * nb / n)
         self.mean = self.mean + delta * (nb / n)
-        self.abs_mean = self.abs_mean + (abs_mean_b - self.abs_mean) * (nb / n)
+        self.total += sum_b
         self.count = n
 
     def aggregate(self, name: str) -> Tensor:
         """The aggregated attribution; `var` is the unbiased sample variance (divides by n − 1)."""
         n = self.count
         if name == "mean":
-            return self.mean
+            return self.total / n
         if name == "abs":
-            return self.abs_mean
+            if not self.absolute:
+                raise ValueError("aggregate 'abs' was not kept (absolute=False)")
+            return self.abs_total / n
         if name == "square":
             return self.m2 / n + self.mean.square()
         if name == "var":
@@ -109,7 +125,7 @@ class RunningMoments:
             spread = self.m2 / n * unbias
         elif name == "abs":
             second_raw = self.m2 / n + self.mean.square()
-            spread = (second_raw - self.abs_mean.square()).clamp(min=0) * unbias
+            spread = (second_raw - self.aggregate("abs").square()).clamp(min=0) * unbias
         elif name == "square":
             mu2, mu3, mu4, m = self.m2 / n, self.m3 / n, self.m4 / n, self.mean
             fourth_raw = mu4 + 4 * mu3 * m + 6 * mu2 * m.square() + m**4
@@ -193,7 +209,8 @@ class SampleStats:
     def __init__(self, shape: Sequence[int], aggregates: Sequence[str], *,
                  antithetic: bool = False, device: torch.device | str = "cpu") -> None:
         plain_errors = not antithetic and bool({"square", "var"} & set(aggregates))
-        self.moments = RunningMoments(shape, device=device, fourth=plain_errors)
+        self.moments = RunningMoments(shape, device=device, fourth=plain_errors,
+                                      absolute="abs" in aggregates)
         self.pairs = PairMoments(shape, device=device) if antithetic else None
 
     @property

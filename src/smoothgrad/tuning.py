@@ -2,28 +2,59 @@
 
 `BatchTuner` learns the fastest rows per pass from a call's own passes; `tuner_for` keeps
 one per (model, method, device, example shape, dtype, fast path) for the process; `Passes`
-is the policy `smooth` follows: examples per part, noisy copies per pass, what is timed,
-and what an out-of-memory pass does. Rows are what the model sees: for integrated
+is the policy `smooth` follows: examples per part, noisy copies per pass, what is timed and
+measured, and what an out-of-memory pass does. Rows are what the model sees: for integrated
 gradients each noisy copy is `steps` rows.
 
+The size follows the work per row and the memory a row needs. A pass costs about
+`a + b·rows`: `a` the fixed cost of a pass (Python, dispatch, the statistics' update), `b`
+the work per row. Two measured sizes give `a` and `b`, and the next size is the one at which
+`a` is 3 % of the pass (at most 8 times the last), so passes grow fast where rows are cheap
+(a 64×64 ResNet: all 100 rows of a call in one pass) and stop where the cost per row stops
+falling (EfficientNet-Lite0 at 224×224 on a CPU: 8–12 rows, where larger passes page-fault
+their activations in). The memory a row keeps for the backward pass, counted on the first
+pass, sets where the search starts (`START_BYTES`: where rows are small, passes are large
+from the first measured one, whatever timing noise says) and caps the size to a budget per
+device.
+
 Example:
-    >>> tuner = BatchTuner(8, 2, 64)
-    >>> for seconds in (1.0, 0.8, 0.9):  # warm-up, then 8 rows, then 12 rows
-    ...     tuner.record(tuner.rows, tuner.rows, seconds * tuner.rows)
-    >>> tuner.rows  # 12 was dearer per row: descend from 8
-    6
+    >>> tuner = BatchTuner(8, 2, 1024)
+    >>> for seconds_per_row in (0.5, 0.4, 0.4, 0.4, 0.1, 0.1, 0.1):  # warm-up, 8 and 32 rows
+    ...     tuner.record(tuner.rows, seconds_per_row * tuner.rows)
+    >>> tuner.rows  # fixed cost 3.2 s a pass and no work per row: grow eightfold
+    256
 """
 
 from __future__ import annotations
 
+import math
+import os
 import time
 import weakref
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BatchTuner", "Passes", "default_batch_size", "forget", "tuner_for"]
+__all__ = ["BatchTuner", "Passes", "default_batch_size", "forget", "memory_budget",
+           "tuner_for"]
+
+FIXED_SHARE = 0.03
+"""Grow passes until a pass's fixed cost is this share of it."""
+
+START_BYTES = {"cpu": 32 * 2**20, "cuda": 2**30}
+"""The search starts where a pass keeps this much for its backward pass (or at the default
+size, if larger): about a CPU's last-level cache, and glibc's largest heap allocation (over it
+each pass page-faults its memory in afresh); on CUDA a batch that fills the device's cores."""
+
+BALANCE = 1.25
+"""A tuned pass size may grow by this factor to spread a call's rows evenly over its passes."""
+
+REPEATS = 3
+"""Passes measured at each size before the tuner moves on (the cheapest counts)."""
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -31,62 +62,138 @@ def default_batch_size(device: torch.device) -> int:
     return {"cuda": 64, "mps": 16}.get(device.type, 8)
 
 
-_SIZE_RANGE = {"cuda": (16, 1024), "mps": (4, 256)}
+_SIZE_RANGE = {"cuda": (16, 8192), "mps": (4, 2048)}
 _TUNERS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], BatchTuner]] = (
     weakref.WeakKeyDictionary())
+
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes a pass's activations may take: half the free memory of a CUDA device, else an
+    eighth of the machine's memory (at most 4 GiB)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free) // 2
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        total = 16 * 2**30
+    return int(min(total // 8, 4 * 2**30))
 
 
 class BatchTuner:
     """Finds the fastest rows per pass for one (model, device, example shape, method).
 
     It learns from the passes of real calls, so the search costs no extra work: the first
-    pass warms up, then the size climbs a ladder of powers of two and their halfway points
-    (…, 4, 6, 8, 12, 16, …) while that makes a row cheaper, else descends it while that
-    does; the choice is the smallest size within 3% of the cheapest. A pass that runs out of
-    CUDA memory caps the size at half. The choice is kept for the process; a call too short
-    to finish the search leaves it to the next one.
+    pass warms up (one-time costs); each size is measured `REPEATS` times and its cheapest
+    pass counts (noise only adds). The start size comes first, then 4 times it; from then on
+    each size comes from the fixed cost and work per row fitted to the last two
+    (`FIXED_SHARE`), within the memory cap, while a row keeps getting cheaper. Then it tries
+    the ladder sizes (…, 4, 6, 8, 12, 16, …) between the cheapest and the next larger size
+    measured; the choice is the smallest size within 3 % of the cheapest. It never goes below
+    the start size: near there a row's cost is flat where rows are dear (6 and 8 rows of
+    EfficientNet-Lite0 were 54 ms each) and climbs steeply where they are cheap, so under
+    timing noise a smaller size was a risk without a gain. A call whose rows all fit in one
+    pass measures that size (its own), and ends the search when the tuner wants more. A pass
+    that runs out of CUDA memory caps the size at half. The choice is kept for the process.
     """
 
     def __init__(self, start: int, least: int, most: int) -> None:
         self.rows, self.start, self.least, self.most = start, start, least, most
         self.cost: dict[int, float] = {}
+        self.times: Counter[int] = Counter()
+        self.order: list[int] = []
         self.warm = False
         self.growing = True
         self.finished = False
+        self.bytes_per_row: float | None = None
+        self.quantum = 1
 
     @staticmethod
     def clock(device: torch.device) -> float:
-        """Seconds, after waiting for the device's queued work."""
+        """Seconds: after waiting for the queued work of a CUDA device, wall-clock time;
+        on a CPU the process's CPU time, which counts the work of a pass (page faults
+        included) rather than the time other processes hold the cores (a pass of a small
+        model varied by a coefficient of 0.2 in wall time, 0.05 in CPU time, under load)."""
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+        if device.type == "cpu":
+            return time.process_time()
         return time.perf_counter()
 
-    def record(self, full: int, rows: int, seconds: float) -> None:
-        """A pass of `rows` rows (`full` for a whole pass at the current size) took `seconds`."""
-        if self.finished or rows < full:
-            return  # a short last pass says little about this size
+    def record(self, rows: int, seconds: float, *, whole_call: bool = False,
+               quantum: int = 1) -> None:
+        """A pass of `rows` rows took `seconds` (`whole_call`: it held all of a call's rows,
+        fewer than the tuner asked for; `quantum`: the call's passes are multiples of it)."""
+        if self.finished:
+            return
         if not self.warm:
             self.warm = True
             return
-        self.cost[self.rows] = seconds / rows
-        best = self.best()
-        larger = self._ladder(above=self.rows)
-        if self.growing and best == self.rows and larger is not None:
-            self.rows = larger
-            return
-        self.growing = False
-        smaller = self._ladder(below=best) if best <= self.start else None
-        if smaller is not None and smaller not in self.cost:
-            self.rows = smaller  # descend from the start size only
-            return
-        self.finish()
+        self.cost[rows] = min(seconds / rows, self.cost.get(rows, math.inf))  # noise adds
+        self.times[rows] += 1
+        if self.times[rows] < REPEATS:
+            return  # the first pass at a size also pays one-time costs (kernels for a shape)
+        self.order = [size for size in self.order if size != rows] + [rows]
+        self.quantum = quantum
+        following = self._following(rows)
+        if following is None or (whole_call and following > rows):
+            self.finish()
+        else:
+            self.rows = following
 
-    def _ladder(self, *, above: int = 0, below: int = 0) -> int | None:
-        sizes = sorted({size for k in range(1, 31) for size in (2**k, 3 * 2 ** (k - 1))
-                        if self.least <= size <= self.most})
-        if above:
-            return next((size for size in sizes if size > above), None)
-        return next((size for size in reversed(sizes) if size < below), None)
+    def limit_memory(self, bytes_per_row: float, budget: int, start_bytes: int = 0) -> None:
+        """Size passes by the memory a row keeps (`bytes_per_row`, twice that while the
+        backward pass runs): at most `budget` bytes a pass, and, before any size is measured,
+        start where a pass keeps `start_bytes` (never below the start size)."""
+        self.bytes_per_row = bytes_per_row
+        if bytes_per_row > 0:
+            self.most = max(self.least, min(self.most, int(budget // (2 * bytes_per_row))))
+            if not self.cost:
+                self.rows = self.start = max(self.rows, int(start_bytes // bytes_per_row))
+            self.rows = self.start = min(self.rows, self.most)
+
+    def _following(self, measured: int) -> int | None:
+        """The size of the next pass, or None when the search is over."""
+        earlier = [size for size in self.order[:-1] if size < measured]
+        cheaper = not earlier or self.cost[measured] < self.cost[earlier[-1]]
+        grown = self._grown(measured) if self.growing and cheaper else None
+        if grown is not None:
+            grown = self._whole(min(self.most, grown))
+            if grown > measured:
+                return grown
+        self.growing = False
+        best = self.best()
+        above = [size for size in self.cost if size > best]
+        between = self._ladder(above=best, below=min(above)) if above else None
+        if between is not None and between not in self.cost:
+            return between
+        return None
+
+    def _grown(self, measured: int) -> int | None:
+        """The next size up: where the fixed cost is `FIXED_SHARE` of a pass, fitted to the
+        last two measured sizes (4 × `measured` without two), 1.5 to 8 times `measured`;
+        None when the fixed cost is that small at `measured` already."""
+        earlier = [size for size in self.order[:-1] if size < measured]
+        if not earlier:
+            return 4 * measured  # a step the fixed cost shows through the timing noise in
+        smaller = earlier[-1]
+        fixed = (self.cost[smaller] - self.cost[measured]) / (1 / smaller - 1 / measured)
+        work = self.cost[measured] - fixed / measured
+        target = fixed / (FIXED_SHARE * work) if work > 0 else 8 * measured
+        if target <= measured:
+            return None
+        return int(min(8 * measured, max(1.5 * measured, target)))
+
+    def _whole(self, rows: int) -> int:
+        """`rows` rounded down to whole passes of the current call (`quantum`)."""
+        return max(self.quantum, rows // self.quantum * self.quantum)
+
+    def _ladder(self, *, above: int, below: int) -> int | None:
+        """The middle one of the ladder's sizes between `above` and `below`, if any."""
+        sizes = sorted({self._whole(size) for k in range(1, 31)
+                        for size in (2**k, 3 * 2 ** (k - 1)) if self.least <= size <= self.most})
+        inside = [size for size in sizes if above < size < below]
+        return inside[len(inside) // 2] if inside else None
 
     def finish(self) -> None:
         """Stop searching; keep the best size measured so far."""
@@ -114,7 +221,7 @@ def tuner_for(model: nn.Module, method: object, x: Tensor, fast: bool) -> BatchT
            method if isinstance(method, str) else id(method))
     tuners = _TUNERS.setdefault(model, {})
     if key not in tuners:
-        least, most = _SIZE_RANGE.get(x.device.type, (2, 64))
+        least, most = _SIZE_RANGE.get(x.device.type, (2, 4096))
         tuners[key] = BatchTuner(default_batch_size(x.device), least, most)
     return tuners[key]
 
@@ -123,32 +230,32 @@ class Passes:
     """The pass policy of one `smooth` call: parts, noisy copies per pass, tuning, retries.
 
     `rows` is the pass size in model rows (`batch_size`, or the tuner's current size with
-    "auto"); each noisy copy of an example costs `unit` rows (integrated gradients' steps).
-    Examples are split into parts of at most `rows // unit` when a pass cannot hold them
-    all. The tuner learns only from calls of one part that fill whole passes, with a fixed
-    sample count (no "auto" stopping); on CUDA an out-of-memory pass halves the size and is
-    retried while it can shrink.
+    "auto"); each noisy copy of an example costs `unit` rows (integrated gradients' steps),
+    and a pass holds whole copies of every example. Examples are split into parts of at most
+    `rows // unit` when a pass cannot hold them all. The tuner learns from calls of one part
+    with a fixed sample count (no "auto" stopping), from passes as large as it asked for or
+    holding the whole call; on CUDA an out-of-memory pass halves the size and is retried
+    while it can shrink.
     """
 
     def __init__(self, model: nn.Module, x: Tensor, *, method: object, batch_size: int | str,
                  fast: bool, limit: int, stops_early: bool, unit: int = 1) -> None:
-        self.examples, self.unit, self.device = x.shape[0], unit, x.device
+        self.examples, self.unit, self.device, self.limit = x.shape[0], unit, x.device, limit
         self.tuner: BatchTuner | None = None
-        needed = limit * self.examples * unit
+        self.most = 0  # balanced passes up to this many rows (0: passes of `rows` exactly)
         if batch_size == "auto":
             tuner = tuner_for(model, method, x, fast)
-            if tuner.cost and needed < tuner.rows:
-                tuner.finish()  # calls this size no longer fill a pass at the next size
             self.fixed = tuner.rows
-            if not (self.examples > tuner.least or tuner.finished or stops_early
-                    or needed <= tuner.rows):
+            if not (tuner.finished or stops_early or self.examples * unit > tuner.rows):
                 self.tuner = tuner
+            elif not stops_early:
+                self.most = tuner.most
         else:
             self.fixed = int(batch_size)
         per_part = max(1, self.fixed // unit)
         self.parts = [slice(i, min(i + per_part, self.examples))
                       for i in range(0, self.examples, per_part)]
-        self.started = 0.0
+        self.started, self.done_copies = 0.0, 0
 
     @property
     def rows(self) -> int:
@@ -156,8 +263,38 @@ class Passes:
         return self.fixed if self.tuner is None else self.tuner.rows
 
     def copies(self) -> int:
-        """Noisy copies of every example per pass."""
-        return max(1, self.rows // (self.examples * self.unit))
+        """Noisy copies of every example per pass. With a tuned size, the copies left are
+        spread evenly over as few passes as hold them at up to `BALANCE` times the size (and
+        the memory cap): 400 rows at a tuned 384 go in one pass, not 384 and 16."""
+        group = self.examples * self.unit
+        per_pass = max(1, self.rows // group)
+        if not self.most:
+            return per_pass
+        left = max(1, self.limit - self.done_copies)
+        passes = math.ceil(left / (BALANCE * per_pass))
+        return max(1, min(math.ceil(left / passes), self.most // group))
+
+    @contextmanager
+    def measuring(self, copies: int) -> Iterator[None]:
+        """Around a pass's base method on `copies` noisy copies (rows of the batch): on the
+        tuner's first pass, count the bytes the autograd graph keeps per model row
+        (`BatchTuner.limit_memory`, with `START_BYTES`)."""
+        tuner = self.tuner
+        if tuner is None or tuner.bytes_per_row is not None:
+            yield
+            return
+        storages: dict[int, int] = {}
+
+        def pack(tensor: Tensor) -> Tensor:
+            if tensor.device == self.device and tensor.layout == torch.strided:
+                storage = tensor.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            yield
+        tuner.limit_memory(sum(storages.values()) / (copies * self.unit),
+                           memory_budget(self.device), START_BYTES.get(self.device.type, 0))
 
     def start(self) -> None:
         """A pass begins (timed when tuning)."""
@@ -166,10 +303,14 @@ class Passes:
 
     def done(self, copies: int, count: int) -> None:
         """A pass of `count` copies (`copies` for a full one) ended without error."""
-        if self.tuner is not None:
-            rows = self.examples * self.unit
-            self.tuner.record(copies * rows, count * rows,
-                              self.tuner.clock(self.device) - self.started)
+        first, self.done_copies = self.done_copies == 0, self.done_copies + count
+        if self.tuner is None:
+            return
+        whole = first and count == self.limit < copies
+        if count == copies or whole:
+            seconds = self.tuner.clock(self.device) - self.started
+            self.tuner.record(count * self.examples * self.unit, seconds, whole_call=whole,
+                              quantum=self.examples * self.unit)
 
     def out_of_memory(self, count: int) -> bool:
         """A pass of `count` copies ran out of memory: True to retry it at a smaller size."""
@@ -188,3 +329,4 @@ def forget(model: nn.Module | None = None) -> None:
         _TUNERS.clear()
     else:
         _TUNERS.pop(model, None)
+

@@ -73,8 +73,9 @@ bad usage (one line on stderr).
 
 In Python, build a :class:`Job` and :func:`run` it (the command line does the same)::
 
+    from smoothgrad import SmoothConfig
     from smoothgrad.batch import Job, run
-    summary = run(Job("photos/", Path("maps/"), samples=50))
+    summary = run(Job("photos/", Path("maps/"), SmoothConfig(samples=50)))
 
 Modules: ``sources`` (finding and decoding the inputs), ``store`` (the output folder: lock,
 manifest, records, index), ``world`` (the torchrun ranks), ``job`` (the options),

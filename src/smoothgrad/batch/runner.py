@@ -43,6 +43,7 @@ from smoothgrad.batch.store import (
 )
 from smoothgrad.batch.world import World
 from smoothgrad.engine import smooth
+from smoothgrad.errors import raised_by_smoothgrad
 from smoothgrad.files import OutputError, one_line
 
 __all__ = ["Outcome", "RunWarning", "Summary", "explain_group", "run"]
@@ -248,6 +249,8 @@ def _explain_batch(context: _Context, batch: list[Decoded],
             done = explain_group(context.model, [item.data for item in same], context.job,
                                  context.conf)
         except Exception as exc:  # e.g. the user's model fails on this input: record it
+            if raised_by_smoothgrad(exc):
+                raise  # a bug of ours is not this image's failure
             message = one_line(exc)
             results.update({item.position: message for item in same})
         else:

@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from smoothgrad.methods.base import Attributed, BaseMethod
+from smoothgrad.methods.base import Attributed, BaseMethod, MeasuredWarning
 from smoothgrad.methods.captum import captum_method
 from smoothgrad.methods.deeplift import deeplift
 from smoothgrad.methods.grad_cam import grad_cam, grad_cam_plus_plus
@@ -38,6 +38,7 @@ __all__ = [
     "TITLES",
     "Attributed",
     "BaseMethod",
+    "MeasuredWarning",
     "Method",
     "attributed",
     "bounded",
@@ -115,6 +116,8 @@ def resolve_method(method: str | Method | Any) -> Method:
 
 def attributed(returned: object, rows: int) -> Attributed:
     """What a method returned, as `Attributed`: a tensor is the map with no output."""
+    if isinstance(returned, Attributed):
+        return returned
     if isinstance(returned, Tensor):
         return Attributed(returned, None)
     if isinstance(returned, tuple) and len(returned) == 2 and isinstance(returned[0], Tensor):

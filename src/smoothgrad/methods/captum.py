@@ -23,9 +23,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-from smoothgrad.targets import Resolved
+from smoothgrad import targets
+from smoothgrad.methods.base import scores
+from smoothgrad.outputs import pick
 
 __all__ = ["captum_method"]
 
@@ -34,40 +37,48 @@ WRAPS = "wrapped_model"
 
 
 def captum_method(method: Any) -> Callable[..., Tensor]:
-    """`method.attribute` as a base method `(model, x, target, **options) -> map`."""
+    """`method.attribute` as a base method `(model, x, target, **options) -> map`.
+
+    The target takes every form `smooth` takes (`smoothgrad.targets`; None is the argmax at
+    x, which costs one forward pass), and the model's output is read as `smooth` reads it
+    (`smoothgrad.outputs.pick`: a `ModelOutput`'s logits), whatever Captum would make of it.
+    """
     attribute: Callable[..., Tensor] = method.attribute
     absolute = type(method).__name__ == "Saliency"
 
-    def captum(model: nn.Module, x: Tensor, target: Resolved, **options: Any) -> Tensor:
+    def captum(model: nn.Module, x: Tensor, target: object, **options: Any) -> Tensor:
         if absolute and options.get("abs", True):
             warnings.warn("Captum's Saliency returns |gradient| (its abs=True default), so "
                           "this is SmoothGrad of the absolute gradient; use "
                           "method='gradient' for the signed one", stacklevel=2)
-        with _forwarding(method, model, target) as given:
+        if target is None:
+            with torch.no_grad():
+                target = targets.resolve(None, scores(model, x.clone()))
+        resolved = targets.as_indices(target, x.shape[0], targets.labels_of(model))
+        with _forwarding(method, model, resolved) as given:
             return attribute(x, target=given, **options)
 
     return captum
 
 
 @contextmanager
-def _forwarding(method: Any, model: nn.Module, target: Resolved) -> Iterator[Any]:
-    """Captum's target for `target`, with its forward function swapped while needed."""
+def _forwarding(method: Any, model: nn.Module, target: Any) -> Iterator[Any]:
+    """Captum's target for `target`, with its forward function swapped for the call: the
+    wrapper `smooth` explains through if any, reading outputs as `smooth` does, scoring a
+    callable target."""
     original = getattr(method, "forward_func", None)
-    forward = model if getattr(model, WRAPS, None) is not None else original
-    if not callable(target):
-        if forward is original:
-            yield target
-            return
-    elif original is None:
-        raise TypeError("target: a callable target needs a Captum Attribution with a "
-                        "forward_func")
-    if callable(target):
-        inner: Callable[..., Tensor] = forward  # type: ignore[assignment]
+    if original is None:
+        if callable(target):
+            raise TypeError("target: a callable target needs a Captum Attribution with a "
+                            "forward_func")
+        yield target
+        return
+    inner: Callable[..., Any] = model if getattr(model, WRAPS, None) is not None else original
 
-        def scored(*args: Any, **kwargs: Any) -> Tensor:
-            return target(inner(*args, **kwargs)).unsqueeze(1)
+    def forward(*args: Any, **kwargs: Any) -> Tensor:
+        output = pick(inner(*args, **kwargs))
+        return target(output).unsqueeze(1) if callable(target) else output
 
-        forward = scored
     method.forward_func = forward
     try:
         yield 0 if callable(target) else target

@@ -4,7 +4,7 @@ Example:
     >>> import torch
     >>> model = torch.nn.Linear(3, 2)
     >>> x = torch.randn(4, 3)
-    >>> a = integrated_gradients(model, x, torch.zeros(4, dtype=torch.long), steps=8)
+    >>> a = integrated_gradients(model, x, 0, steps=8)
     >>> expected = model(x)[:, 0] - model(torch.zeros_like(x))[:, 0]
     >>> torch.allclose(a.sum(dim=1), expected, atol=1e-5)
     True
@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from smoothgrad.methods.base import Attributed, BaseMethod
+from smoothgrad import targets
+from smoothgrad.methods.base import Attributed, BaseMethod, scores
 from smoothgrad.methods.gradient import input_gradient
-from smoothgrad.targets import Resolved
 
 __all__ = ["DEFAULT_STEPS", "integrated_gradients"]
 
@@ -30,7 +30,7 @@ DEFAULT_STEPS = 50
 def integrated_gradients(
     model: nn.Module,
     x: Tensor,
-    target: Resolved,
+    target: object,
     *,
     steps: int = DEFAULT_STEPS,
     baseline: Tensor | None = None,
@@ -45,11 +45,21 @@ def integrated_gradients(
     `baseline` (zeros by default) broadcasts against `x`, so one example's shape serves a
     batch of noisy copies. The output is None: no path point is `x` itself, so flip rates
     need one forward pass of `x`, which `smooth` runs (deliberately: the only extra pass).
+    Targets and outputs: any form `smooth` takes (see `gradient`); with target None the
+    explained class is the argmax at `x`, which takes one forward pass of `x` (its output is
+    then returned).
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    output = None
+    if target is None:
+        with torch.no_grad():
+            output = scores(model, x.clone())
+        target = targets.resolve(None, output)
+    else:
+        target = targets.as_indices(target, x.shape[0], targets.labels_of(model))
     base = torch.zeros_like(x) if baseline is None else baseline.to(x).expand_as(x)
     nodes, weights = np.polynomial.legendre.leggauss(steps)
     alphas = torch.as_tensor((nodes + 1) / 2, dtype=x.dtype, device=x.device)
@@ -65,8 +75,8 @@ def integrated_gradients(
         for i in range(0, n, rows):
             j = min(i + rows, n)
             path = base[i:j] + alphas[first:first + k].view(shape) * delta[i:j]
-            part = target if callable(target) else target[i:j].repeat(k)
+            part = target if callable(target) else target[i:j].repeat(k)  # type: ignore[index]
             grad = input_gradient(model, path.reshape(k * (j - i), *x.shape[1:]), part).map
             integral[i:j] += (weights_t[first:first + k].view(shape)
                               * grad.view(k, j - i, *x.shape[1:])).sum(dim=0)
-    return Attributed(delta * integral, None)
+    return Attributed(delta * integral, output)
