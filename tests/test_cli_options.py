@@ -745,6 +745,22 @@ def text_gives(model: str = "bert", **options: Any) -> Check:
     return check
 
 
+def fast_text(done: Outcome, runs: Runs) -> None:
+    """--fast: the scores are `explain_text(..., fast=True)`'s and the precision used is
+    printed (float32 here at 2 samples, too few to check bfloat16: the scores may not move)."""
+    from smoothgrad.text import explain_text
+
+    ok(done)
+    loaded = hf.load(f"hf:{runs.place.bert}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = explain_text(loaded, [TEXT], samples=2, batch_size=8, fast=True)
+    assert want.result.precision is not None
+    assert want.texts[0].to_text() in done.out, (want.texts[0].to_text(), done.out)
+    assert f"precision: {want.result.precision}" in done.out, done.out
+    assert "precision:" not in runs("explain-text").out
+
+
 def explained(label: str) -> Check:
     def check(done: Outcome, runs: Runs) -> None:
         text_gives(target=1 if label == "positive" else 0)(done, runs)
@@ -773,6 +789,7 @@ TEXT_ROWS = [
     Row("explain-text", "--reduce", ("--reduce", "dot"), text_gives(reduce="dot")),
     Row("explain-text", "--normalize", ("--normalize", "l1"), text_gives(normalize="l1")),
     Row("explain-text", "--max-length", ("--max-length", "3"), text_gives(max_length=3)),
+    Row("explain-text", "--fast", ("--fast",), fast_text),
     Row("explain-text", "--out", (), lambda done, runs: done.file("explain-text.html")),
 ]
 
