@@ -62,10 +62,11 @@ def causal_lm(kind: str = "gpt2", seed: int = 0, **overrides: Any) -> nn.Module:
     return model_class(config).eval()
 
 
-def save(model: nn.Module, directory: Path) -> Path:
-    """The model and the tokenizer written with save_pretrained (read back offline)."""
+def save(model: nn.Module, directory: Path, bos: bool = True) -> Path:
+    """The model and the tokenizer (`bos` as in `tokenizer`) written with save_pretrained
+    (read back offline)."""
     model.save_pretrained(directory)
-    tokenizer().save_pretrained(directory)
+    tokenizer(bos).save_pretrained(directory)
     return directory
 
 

@@ -393,3 +393,67 @@ def test_hf_dir_loads_a_causal_lm_offline(tmp_path: Path, tok: Any) -> None:
     assert torch.allclose(loaded.scores, direct.scores, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="save_pretrained"):
         hf.load_causal_lm(f"hf:{tmp_path}")
+
+
+# ---- the command line ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return lm_models.save(model("gpt2"), tmp_path_factory.mktemp("gpt2"))
+
+
+def test_cli_generate_prints_and_writes_the_matrices(lm_dir: Path, tmp_path: Path, tok: Any,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from smoothgrad.cli import main
+
+    out = tmp_path / "out"
+    code = main(["explain-text", PROMPT, LONGER, "--model", f"hf:{lm_dir}", "--generate", "3",
+                 "--samples", "3", "--method", "input_x_gradient", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    expected = sg.text.explain_generation(model("gpt2"), tok, [PROMPT, LONGER],
+                                          max_new_tokens=3, samples=3,
+                                          method="input_x_gradient")
+    assert f"generated: {expected[0].text!r}" in printed
+    assert all(f"  {line}\n" in printed for line in expected[1].to_text().splitlines())
+    assert "Gradient × Input" in printed
+    assert {p.name for p in out.iterdir()} == {
+        "generation.html", "generation-1.npy", "generation-1.png", "generation-2.npy",
+        "generation-2.png"}
+    for i, result in enumerate(expected, start=1):
+        np.testing.assert_allclose(np.load(out / f"generation-{i}.npy"), result.to_numpy(),
+                                   rtol=1e-6)
+    assert (out / "generation.html").read_text().count("<table") == 2
+
+
+def test_cli_continuation(lm_dir: Path, tmp_path: Path,
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    from smoothgrad.cli import main
+
+    code = main(["explain-text", PROMPT, "--model", f"hf:{lm_dir}", "--continuation", "w2 w5",
+                 "--samples", "2", "--score", "prob", "--top", "1", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert code == 0 and "continuation: ' w2 w5'" in printed and "score: prob" in printed
+    assert np.load(tmp_path / "generation-1.npy").shape == (2, 8)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--generate", "2", "--method", "guided_backprop"], "--method: generation supports"),
+    (["--generate", "2", "--target", "1"], "--target does not apply"),
+    (["--generate", "2", "--samples", "auto"], "--samples: generation takes a number"),
+    (["--score", "logit"], "--score applies only with --generate"),
+    (["--generate", "0"], "expected a positive integer"),
+    (["--generate", "2", "--continuation", "w1"], "not allowed with argument"),
+])
+def test_cli_generate_errors(argv: list[str], message: str, lm_dir: Path, tmp_path: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    from smoothgrad.cli import main
+
+    try:
+        code = main(["explain-text", PROMPT, "--model", f"hf:{lm_dir}", *argv,
+                     "--out", str(tmp_path / "out")])
+    except SystemExit as exit:  # argparse's own errors
+        code = int(str(exit.code))
+    error = capsys.readouterr().err
+    assert code == 2 and message in error and error.count("\n") == 1
+    assert not (tmp_path / "out").exists()

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import html
+import textwrap
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -132,7 +133,7 @@ class GenerationResult:
         from matplotlib.figure import Figure
 
         rows, columns = self.scores.shape
-        width = width or min(24.0, 2.0 + 0.22 * columns)
+        width = width or min(24.0, max(6.0, 2.0 + 0.22 * columns))
         figure = Figure(figsize=(width, 1.6 + 0.22 * rows + 0.05 * _longest(self.source_tokens)))
         axes = figure.add_subplot()
         top = self.scores.abs().amax(dim=1, keepdim=True).clamp(min=1e-30)
@@ -144,7 +145,7 @@ class GenerationResult:
         axes.axvline(self.prompt_length - 0.5, color="#444", linewidth=1)
         axes.set_xlabel("source tokens (prompt | generated)", fontsize=8)
         axes.set_ylabel("generated token", fontsize=8)
-        axes.set_title(self.caption(), fontsize=8)
+        axes.set_title(textwrap.fill(self.caption(), int(width * 13)), fontsize=8)
         figure.tight_layout()
         return figure
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from smoothgrad import hf, models
+from smoothgrad.cli import generate
 from smoothgrad.cli.common import say, target_of
 from smoothgrad.cli.options import (
     add_method_option,
@@ -65,6 +66,7 @@ def add(commands: Any) -> None:
     parser.add_argument("--out", type=Path, default=Path("smoothgrad-out"),
                         help="output folder for explain-text.html and text-K.png "
                              "(default: smoothgrad-out)")
+    generate.add_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -87,6 +89,8 @@ def _show(args: argparse.Namespace, model: hf.TextModel, shown: TextMaps) -> Non
 
 def run(args: argparse.Namespace) -> int:
     """`smoothgrad explain-text`: everything is checked before anything is written."""
+    if generate.wanted(args):
+        return generate.run(args)
     if not hf.is_hf(args.model):
         raise UsageError("--model: explain-text needs a Hugging Face directory, hf:DIR")
     if args.out.exists() and not args.out.is_dir():
