@@ -118,7 +118,8 @@ class GenerationResult:
                      f"<small>p={float(self.probability[t]):.2f}</small>")
             body.append(f'<tr><th style="{cell}; text-align: right">{label}</th>'
                         f'{"".join(cells)}</tr>')
-        return (f'<div style="overflow-x: auto"><div><b>{html.escape(self.prompt)}</b>'
+        return ('<div style="overflow-x: auto; margin: 0 0 16px 0">'
+                f"<div><b>{html.escape(self.prompt)}</b>"
                 f"<b style=\"color: #a00\">{html.escape(self.text)}</b></div>"
                 f"<div><small>{html.escape(self.caption())}</small></div>"
                 f'<table style="border-collapse: collapse"><tr><th></th>{head}</tr>'

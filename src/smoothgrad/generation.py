@@ -44,9 +44,6 @@ from smoothgrad.tuning import default_batch_size
 
 __all__ = ["GenerationResult", "explain_generation"]
 
-_SIGNED = ("input_x_gradient", "integrated_gradients", "deeplift")
-
-
 @dataclass(frozen=True)
 class _Options:
     method: str
@@ -84,7 +81,7 @@ def explain_generation(
     samples: int = 50,
     noise: float = DEFAULT_NOISE,
     seed: int = 0,
-    reduce: str | None = None,
+    reduce: str = "norm",
     score: Literal["log_prob", "logit", "prob"] = "log_prob",
     batch_size: int | Literal["auto"] = "auto",
     steps: int = DEFAULT_STEPS,
@@ -94,11 +91,13 @@ def explain_generation(
     Give `max_new_tokens` to generate greedily first, or `continuation` (one text, or one per
     prompt) to explain a given target text. `method`: gradient, input_x_gradient,
     integrated_gradients (zero baseline, `steps` nodes) or deeplift (rescale rule where it
-    reaches; what it cannot reach is named in a warning). `reduce`: "sum", "norm" or "dot"
-    over the hidden size (see `smoothgrad.tokens`; None: "sum" for the methods that multiply
-    by the input, else "norm"). `batch_size`: rows per forward pass (noisy copies × prompts,
-    or path points for integrated gradients). One prompt gives one `GenerationResult`, a
-    list of prompts a list. The model is explained in eval mode and left as it was.
+    reaches; what it cannot reach is named in a warning). `reduce`: "norm" (default, for
+    every method), "sum" or "dot" over the hidden size (see `smoothgrad.tokens`): the signed
+    sum of input × gradient is the effect of scaling a token's embedding, which a decoder's
+    first LayerNorm largely removes (README: the planted copy task). `batch_size`: rows per
+    forward pass (noisy copies × prompts, or path points for integrated gradients). One
+    prompt gives one `GenerationResult`, a list of prompts a list. The model is explained in
+    eval mode and left as it was.
     """
     texts = [prompts] if isinstance(prompts, str) else list(prompts)
     options = _checked(model, texts, max_new_tokens, continuation, method=method,
@@ -131,7 +130,7 @@ def _checked(model: nn.Module, texts: list[str], max_new_tokens: int | None,
         as_integer("max_new_tokens", max_new_tokens, low=1)
     if given["method"] not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {given['method']!r}")
-    if given["reduce"] is not None and given["reduce"] not in REDUCTIONS:
+    if given["reduce"] not in REDUCTIONS:
         raise ValueError(f"reduce must be one of {', '.join(REDUCTIONS)}, got {given['reduce']!r}")
     if given["score"] not in SCORES:
         raise ValueError(f"score must be one of {', '.join(SCORES)}, got {given['score']!r}")
@@ -141,7 +140,7 @@ def _checked(model: nn.Module, texts: list[str], max_new_tokens: int | None,
     return _Options(
         method=given["method"], samples=as_integer("samples", given["samples"], low=1),
         noise=as_real("noise", given["noise"]), seed=as_integer("seed", given["seed"]),
-        reduce=given["reduce"] or ("sum" if given["method"] in _SIGNED else "norm"),
+        reduce=given["reduce"],
         score=given["score"], rows=rows, steps=as_integer("steps", given["steps"], low=1))
 
 

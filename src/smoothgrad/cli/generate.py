@@ -40,7 +40,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     """explain-text's options for causal language models."""
     group = parser.add_argument_group(
         "generation (a causal language model: hf:DIR)",
-        "explain what the model writes after each TEXT, e.g.\n"
+        "explain what the model writes after each TEXT (--reduce: norm by default), e.g.\n"
         '  smoothgrad explain-text "The capital of France is" --model hf:./gpt2 --generate 8')
     given = group.add_mutually_exclusive_group()
     given.add_argument("--generate", type=positive_int, metavar="N",
@@ -86,7 +86,7 @@ def _show(args: argparse.Namespace, shown: list[GenerationResult]) -> None:
         say(args, f"  {'generated' if args.generate else 'continuation'}: {result.text!r}")
         for line in result.to_text(args.top).splitlines():
             say(args, "  " + line)
-    say(args, "  " + shown[0].caption())
+        say(args, "  " + result.caption())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     shown = explain_generation(
         lm.module, lm.tokenizer, list(args.texts), max_new_tokens=args.generate,
         continuation=args.continuation, method=args.method, samples=args.samples,
-        noise=noise, seed=args.seed, reduce=args.reduce, score=args.score,
+        noise=noise, seed=args.seed, reduce=args.reduce or "norm", score=args.score,
         batch_size=args.batch_size)
     assert isinstance(shown, list)
     _show(args, shown)
