@@ -92,12 +92,12 @@ def explain_generation(
     prompt) to explain a given target text. `method`: gradient, input_x_gradient,
     integrated_gradients (zero baseline, `steps` nodes) or deeplift (rescale rule where it
     reaches; what it cannot reach is named in a warning). `reduce`: "norm" (default, for
-    every method), "sum" or "dot" over the hidden size (see `smoothgrad.tokens`): the signed
-    sum of input × gradient is the effect of scaling a token's embedding, which a decoder's
-    first LayerNorm largely removes (README: the planted copy task). `batch_size`: rows per
-    forward pass (noisy copies × prompts, or path points for integrated gradients). One
-    prompt gives one `GenerationResult`, a list of prompts a list. The model is explained in
-    eval mode and left as it was.
+    every method), "sum" or "dot" over the hidden size (see `smoothgrad.tokens`): on the
+    planted copy task (README) the signed sum of input × gradient ranked the source first in
+    2.5 % of prompts, its norm in 100 %. `batch_size`: rows per forward pass (noisy copies
+    × prompts, or path points for integrated gradients). One prompt gives one
+    `GenerationResult`, a list of prompts a list. The model is explained in eval mode and
+    left as it was.
     """
     texts = [prompts] if isinstance(prompts, str) else list(prompts)
     options = _checked(model, texts, max_new_tokens, continuation, method=method,
