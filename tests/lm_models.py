@@ -104,16 +104,6 @@ def train_copy(model: nn.Module, steps: int = 150, noise: float = 0.15, seed: in
     the noisy copies (flip rate 0.37 at noise 0.15), and a map of a prediction that the
     noise destroys says little about the clean one.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as fast on a quiet machine, 5x faster on a busy one
-    try:
-        return _train_copy(model, steps, noise, seed, shared)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train_copy(model: nn.Module, steps: int, noise: float, seed: int,
-                shared: bool) -> nn.Module:
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     layer = model.get_input_embeddings()  # type: ignore[operator]

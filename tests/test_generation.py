@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,17 @@ from lm_models import copy_prompts, embeddings_of  # noqa: E402
 PROMPT = "w1 M w3 w4 w7"
 LONGER = "w9 w2 w2 M w5 w11 w0 w13 w6 w8"
 KINDS = ["gpt2", "llama", "mistral", "qwen2"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """The models here are tiny: one thread is as fast on a quiet machine and several times
+    faster on a busy one (measured: the file took 8 min with two threads at load 8-10,
+    1 min 46 s with one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @functools.cache
