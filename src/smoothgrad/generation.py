@@ -54,6 +54,7 @@ class _Options:
     score: Score
     rows: int
     steps: int
+    new_tokens: int | None
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def explain_generation(
                        batch_size=batch_size, steps=steps)
     forced_texts = _continuations(continuation, len(texts))
     with explaining(model), gradients_on():
-        sequences = [_sequence(model, tokenizer, text, max_new_tokens, forced)
+        sequences = [_sequence(model, tokenizer, text, options.new_tokens, forced)
                      for text, forced in zip(texts, forced_texts, strict=True)]
         results = []
         for first in range(0, len(sequences), options.rows):
@@ -126,8 +127,8 @@ def _checked(model: nn.Module, texts: list[str], max_new_tokens: int | None,
     if (max_new_tokens is None) == (continuation is None):
         raise ValueError("give either max_new_tokens (generate greedily) or continuation "
                          "(the target text), not both or neither")
-    if max_new_tokens is not None:
-        as_integer("max_new_tokens", max_new_tokens, low=1)
+    new_tokens = None if max_new_tokens is None else as_integer("max_new_tokens",
+                                                                max_new_tokens, low=1)
     if given["method"] not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {given['method']!r}")
     if given["reduce"] not in REDUCTIONS:
@@ -140,8 +141,8 @@ def _checked(model: nn.Module, texts: list[str], max_new_tokens: int | None,
     return _Options(
         method=given["method"], samples=as_integer("samples", given["samples"], low=1),
         noise=as_real("noise", given["noise"]), seed=as_integer("seed", given["seed"]),
-        reduce=given["reduce"],
-        score=given["score"], rows=rows, steps=as_integer("steps", given["steps"], low=1))
+        reduce=given["reduce"], score=given["score"], rows=rows,
+        steps=as_integer("steps", given["steps"], low=1), new_tokens=new_tokens)
 
 
 def _continuations(continuation: str | Sequence[str] | None, n: int) -> list[str | None]:
