@@ -46,7 +46,8 @@ def tokenizer(bos: bool = True, padding_side: str = "left") -> Any:
 
 
 def causal_lm(kind: str = "gpt2", seed: int = 0, **overrides: Any) -> nn.Module:
-    """A random tiny causal LM of `kind` (gpt2, llama, mistral, qwen2), in eval mode."""
+    """A random tiny causal LM of `kind` (gpt2, llama, mistral, qwen2; gemma2, which caps
+    its logits after the head), in eval mode."""
     torch.manual_seed(seed)
     ids = {"vocab_size": len(VOCAB), "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
     if kind == "gpt2":
@@ -56,9 +57,11 @@ def causal_lm(kind: str = "gpt2", seed: int = 0, **overrides: Any) -> nn.Module:
         return transformers.GPT2LMHeadModel(config).eval()
     classes = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
                "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
-               "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM)}
+               "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+               "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM)}
     config_class, model_class = classes[kind]
-    config = config_class(num_key_value_heads=2, **ids, **(_SHAPE | overrides))
+    extra = {"head_dim": 8, "final_logit_softcapping": 0.5} if kind == "gemma2" else {}
+    config = config_class(num_key_value_heads=2, **ids, **(_SHAPE | extra | overrides))
     return model_class(config).eval()
 
 

@@ -8,6 +8,7 @@ full logits) with the same noise.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 import smoothgrad as sg
-from smoothgrad.forcing import positions
+from smoothgrad.forcing import Forced, positions, target_maps
 from smoothgrad.layers import sequence_normal
 
 transformers = pytest.importorskip("transformers")
@@ -246,6 +247,30 @@ def test_later_positions_are_zero(tok: Any) -> None:
     for t in range(4):
         assert not shown.scores[t, shown.prompt_length + t:].any()
         assert shown.scores[t, : shown.prompt_length + t].abs().min() > 0
+
+
+def test_head_called_apart_only_where_it_gives_the_models_logits(tok: Any) -> None:
+    """GPT-2: decoder and head apart (the same maps as the whole model's logits); Gemma 2
+    caps its logits after the head, so it is called whole, and still equals the hand loop."""
+    ids = torch.tensor([tok(PROMPT)["input_ids"] + tok.convert_tokens_to_ids(["w2"])])
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    targets = torch.tensor([tok.convert_tokens_to_ids(["w2", "w5"])])
+    clean = embeddings_of(model("gpt2"), ids)
+    split = Forced.of(model("gpt2"), mask, targets, "log_prob", clean)
+    assert split.head is model("gpt2").get_output_embeddings()
+    whole = dataclasses.replace(split, head=None)
+    for (t, top, a), (u, top_whole, b) in zip(target_maps(split, clean, "input_x_gradient"),
+                                              target_maps(whole, clean, "input_x_gradient"),
+                                              strict=True):
+        assert t == u and torch.equal(top, top_whole)
+        _close(a, b, rtol=1e-5)
+    gemma = model("gemma2")
+    assert Forced.of(gemma, mask, targets, "log_prob", embeddings_of(gemma, ids)).head is None
+    shown = sg.text.explain_generation(gemma, tok, PROMPT, continuation="w2 w5",
+                                       method="input_x_gradient", noise=0.1, samples=3)
+    scores, _ = hand_loop(gemma, tok, PROMPT, targets[0].tolist(), method="input_x_gradient",
+                          reduce="norm", noise=0.1, samples=3)
+    _close(shown.scores, scores)
 
 
 # ---- the other base methods ----------------------------------------------------------------

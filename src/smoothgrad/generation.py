@@ -209,7 +209,7 @@ def _explain_part(model: nn.Module, tokenizer: Any, part: list[_Sequence],
     with torch.no_grad():
         clean = model.get_input_embeddings()(ids).detach()  # type: ignore[operator]
     sigma = checked_sigma(options.noise * masked_range(clean, noised), f"noise={options.noise}")
-    forced = Forced.of(model, mask, targets, options.score)
+    forced = Forced.of(model, mask, targets, options.score, clean)
     with torch.no_grad():
         logits = forced.logits(clean).float()
         probability = logits.softmax(dim=2).gather(2, targets.clamp(min=0)[..., None])[..., 0]
@@ -220,10 +220,10 @@ def _explain_part(model: nn.Module, tokenizer: Any, part: list[_Sequence],
         indices = list(range(done, min(limit, done + copies)))
         draw = sequence_normal(options.seed, indices, noised, clean.shape[2:], dtype=clean.dtype)
         x = (clean + sigma[:, None, None] * draw).reshape(-1, *clean.shape[1:])
-        top, maps = target_maps(forced.repeated(len(indices)), x, options.method,
-                                steps=options.steps, rows=options.rows, name_unreached=done == 0)
-        run.flips += (top.view(len(indices), *targets.shape) != targets).sum(dim=0)
-        for t, attribution in maps:
+        for t, top, attribution in target_maps(
+                forced.repeated(len(indices)), x, options.method, steps=options.steps,
+                rows=options.rows, name_unreached=done == 0):
+            run.flips[:, t] += (top.view(len(indices), -1) != targets[:, t]).sum(dim=0)
             run.add(t, attribution.view(len(indices), *clean.shape))
     return [run.result(i, tokenizer, probability[i], sigma[i], limit, noisy=bool(sigma.any()))
             for i in range(len(part))]
