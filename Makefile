@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml Makefile
 	# torch pinned to the CPU build on this machine's disk; the library itself asks for a range.
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e ".[dev]"
+	# Quantus for the metric parity tests: --no-deps, its real needs are in the dev extra
+	# (its metadata pulls the GUI opencv-python; torch is not touched).
+	$(PIP) install --no-deps "quantus==0.6.0"
 	touch $(STAMP)
 
 lint: $(STAMP)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from smoothgrad import images
@@ -218,7 +219,7 @@ def test_run_writes_arrays_figures_and_index(data: Path, reference: Path) -> Non
         assert 0 < float(row["probability"]) <= 1 and 0 <= float(row["flip_rate"]) <= 1
         assert row["label"] == f"class {row['target']}"
         with Image.open(reference / "figures" / f"{key}.png") as png:
-            assert png.size == (32, 32)
+            assert png.size[0] == 224 and png.size[1] > 224  # 32 x 32 enlarged, a caption
     assert len({row["target"] for row in rows if row["target"]}) > 1  # not a constant model
     hidden = [name for name in files(reference) if name.rsplit("/", 1)[-1].startswith(".")]
     assert hidden == [".smoothgrad.lock"]  # no temporary files left
@@ -334,7 +335,7 @@ def test_default_model_float16_and_figures(tmp_path: Path,
         assert np.isfinite(array).all()
         figure = out / (row["array"].replace("arrays/", "figures/", 1)[:-4] + ".png")
         with Image.open(figure) as png:
-            assert png.size == (224, 224)
+            assert png.size[0] == 224 and png.size[1] > 224  # the map, then its caption
     assert "2 images, 2 explained" in captured.out
 
 
@@ -383,7 +384,8 @@ def job_for(data: Path, out: Path, **changes: object) -> object:
                                   "model": f"{data / 'tiny.py'}:build", "workers": 0,
                                   "progress": False}
     options.update(changes)
-    return Job(str(data / "data" / "a"), out, **options)  # type: ignore[arg-type]
+    where = str(options.pop("input", data / "data" / "a"))
+    return Job(where, out, **options)  # type: ignore[arg-type]
 
 
 def test_a_killed_runs_lock_goes_with_its_main_process(tmp_path: Path, data: Path) -> None:
@@ -525,3 +527,131 @@ def test_bad_options_are_refused_before_anything_is_written(
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1, err
     assert not out.exists()
+
+
+def test_figures_name_the_explained_class_and_its_probability(tmp_path: Path,
+                                                              data: Path) -> None:
+    """Issue 23: a batch figure was the bare map; it must name the class its map explains
+    (here --target 3, not the prediction) and its probability, also when drawn later from
+    the stored arrays."""
+    from smoothgrad import models, viz
+    from smoothgrad.batch import run as run_job
+
+    style = viz.Style()
+    out = tmp_path / "out"
+    assert run_job(job_for(data, out, figures=style, target=3)).code == 0  # type: ignore[arg-type]
+    model = models.load(f"{data / 'tiny.py'}:build")
+    rows = index(out)
+    for row in rows:
+        with torch.no_grad():
+            probability = float(model(model.preprocess(images.load(row["path"])))
+                                .softmax(dim=1)[0, 3])
+        assert row["target"] == "3"
+        assert float(row["probability"]) == pytest.approx(probability, rel=1e-4)
+        picture = style.picture(np.load(out / row["array"]))
+        label = f"class 3 (p = {float(row['probability']):.3f})"
+        figure = out / (row["array"].replace("arrays/", "figures/", 1)[:-4] + ".png")
+        assert figure.read_bytes() == viz.png_bytes(viz.captioned(picture, label))
+        with Image.open(figure) as png:  # the map itself is on top, each pixel a 7x7 block
+            top = np.asarray(png)[:224]
+        assert np.array_equal(top, picture.repeat(7, axis=0).repeat(7, axis=1))
+    drawn = tmp_path / "drawn"
+    assert run_job(job_for(data, drawn, target=3)).code == 0  # type: ignore[arg-type]
+    assert run_job(job_for(data, drawn, figures=style, target=3)).code == 0  # type: ignore[arg-type]
+    assert {k: v for k, v in files(drawn).items() if k.startswith("figures/")} == {
+        k: v for k, v in files(out).items() if k.startswith("figures/")}
+
+
+# ------------------------------------------ issue 23: threads, and keys across INPUT forms
+
+WIDE = '''
+import numpy as np, torch
+from torch import nn
+
+def build():  # a 1x1 convolution 64 -> 256: its gradient's last bits depend on the threads
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 64, 3, stride=4, padding=1), nn.ReLU(),
+                          nn.Conv2d(64, 256, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(256, 10))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    def preprocess(image):
+        a = np.asarray(image.resize((28, 28)), dtype=np.float32) / 127.5 - 1
+        return torch.from_numpy(a).permute(2, 0, 1)
+    return model, preprocess
+'''
+
+
+def test_threads_are_fixed_so_torchrun_equals_one_process_and_resume_keeps_them(
+        tmp_path: Path, data: Path) -> None:
+    """Issue 23: the README said a torchrun batch equals a single process bit for bit, but
+    torchrun sets one thread per process and a 2-thread process differs in the last bits.
+    The count is now an option (--threads), recorded in run.json, and a resumed run uses the
+    recorded count in every rank: equal threads, equal bits, for any number of ranks."""
+    (tmp_path / "wide.py").write_text(WIDE)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # torch's default
+    launcher = [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "smoothgrad"]
+
+    def batch(out: Path, *extra: str, ranks: bool = False) -> None:
+        done = subprocess.run([*(launcher if ranks else [str(SCRIPT)]), "batch",
+                               str(data / "data" / "many"), "--out", str(out), "--model",
+                               f"{tmp_path / 'wide.py'}:build", "--samples", "2", "--workers",
+                               "0", *extra], capture_output=True, text=True, env=env,
+                              timeout=300, check=False)
+        assert done.returncode == 0, done.stderr
+        assert "other numerics" not in done.stderr
+
+    def threads(out: Path) -> int:
+        return int(json.loads((out / "run.json").read_text())["numerics"]["threads"])
+
+    batch(tmp_path / "one", "--threads", "1")
+    batch(tmp_path / "ranks", ranks=True)  # torchrun: 1 thread per process
+    assert threads(tmp_path / "one") == threads(tmp_path / "ranks") == 1
+    assert_same_outputs(tmp_path / "ranks", tmp_path / "one")
+    batch(tmp_path / "two", "--threads", "2")
+    arrays = sorted((tmp_path / "two" / "arrays").glob("*.npy"))
+    assert len(arrays) == 16 and any(  # else this model could not tell the counts apart
+        path.read_bytes() != (tmp_path / "one" / "arrays" / path.name).read_bytes()
+        for path in arrays)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "two", resumed)
+    for record in sorted((resumed / "records").glob("*.json"))[::2]:
+        record.unlink()  # 8 images left to do
+    batch(resumed, ranks=True)  # two ranks, which would run 1 thread each by default
+    assert threads(resumed) == 2
+    assert_same_outputs(resumed, tmp_path / "two")
+
+
+def test_a_glob_of_the_folder_resumes_it_under_the_same_keys(tmp_path: Path,
+                                                             data: Path) -> None:
+    """Issue 23: resuming a folder's run with a glob of the same images was accepted and
+    wrote a second set of outputs under absolute-path keys. The rerun now keys its images
+    as the run in DIR does; an image that cannot be keyed so is refused in one line."""
+    from smoothgrad.batch import BatchError, RunWarning
+    from smoothgrad.batch import run as run_job
+
+    folder = data / "data" / "a"
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    assert run_job(job_for(data, reference)).code == 0  # type: ignore[arg-type]
+    assert run_job(job_for(data, out)).code == 0  # type: ignore[arg-type]
+    (out / "records" / "c.png.json").unlink()  # one image left to do
+    summary = run_job(job_for(data, out, input=f"{folder}/**/*"))  # type: ignore[arg-type]
+    assert "3 images, 3 explained (2 already done, 1 now)" in summary.text
+    assert_same_outputs(out, reference)
+    lists = tmp_path / "list.txt"
+    lists.write_text(f"{folder}/b.jpg\n{data / 'data' / 'e.JPEG'}\n")
+    with pytest.raises(BatchError, match=r"e\.JPEG', which is not in '.*a': --out holds a run"):
+        run_job(job_for(data, out, input=str(lists)))  # type: ignore[arg-type]
+    assert_same_outputs(out, reference)
+    # a run keyed by absolute paths (a list) is resumed by the folder under those keys
+    absolute = tmp_path / "absolute"
+    lists.write_text("\n".join(str(folder / key) for key in ("b.jpg", "c.png", "deep/d.png")))
+    assert run_job(job_for(data, absolute, input=str(lists))).code == 0  # type: ignore[arg-type]
+    before = files(absolute)
+    summary = run_job(job_for(data, absolute))  # type: ignore[arg-type]
+    assert "(3 already done, 0 now)" in summary.text and files(absolute) == before
+    # --overwrite with the folder: the folder's own keys, the earlier run discarded
+    with pytest.warns(RunWarning, match="keys 'absolute paths' -> 'paths inside"):
+        assert run_job(job_for(data, absolute, overwrite=True)).code == 0  # type: ignore[arg-type]
+    assert_same_outputs(absolute, reference)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -159,6 +160,25 @@ def test_tables_render_missing_values() -> None:
     assert json.loads(evaluation.to_json({"n": 2}, rows))["rows"][1]["gini"] is None
 
 
+def test_table_prints_one_number_layout_per_column() -> None:
+    # issue 23: infidelity printed as `0.4` beside `0.381` (`.3g` per cell)
+    rows = [{"method": "gradient", "smoothing": s, "infidelity": v, "deletion_auc": d}
+            for s, v, d in (("none", 0.4, 0.1), ("mean", 0.38123, 0.0779), ("var", 1.5, 0.18))]
+    lines = evaluation.format_table(rows).splitlines()
+    assert [line.split()[-1] for line in lines[1:]] == ["0.40", "0.38", "1.50"]
+    assert evaluation.format_table(rows[:2]).splitlines()[1].endswith("0.400")  # beside 0.381
+    assert [line.split()[-2] for line in lines[1:]] == ["0.100", "0.078", "0.180"]
+    tiny = [{"infidelity": 2.5e-6}, {"infidelity": 1e-7}, {"infidelity": None}]
+    cells = [line.strip() for line in evaluation.format_table(tiny).splitlines()[1:]]
+    assert cells == ["2.50e-06", "1.00e-07", "–"]
+    sweep_rows = [{"row": "noise", "relative_l2": 0.5}, {"row": "noise", "relative_l2": 1.25}]
+    assert evaluation.format_table(sweep_rows, evaluation.SWEEP_COLUMNS).splitlines()[1].endswith(
+        "0.500")
+    # the CSV keeps every value at full precision, one field per value
+    parsed = list(csv.DictReader(evaluation.to_csv(rows).splitlines()))
+    assert [float(row["infidelity"]) for row in parsed] == [0.4, 0.38123, 1.5]
+
+
 def test_convergence_figure() -> None:
     fig = viz.convergence_figure([2, 8, 32], {"a": [1.0, 0.5, 0.25], "b": [None, 0.4, 0.2]},
                                  tol=0.3)
@@ -168,6 +188,79 @@ def test_convergence_figure() -> None:
     assert list(lines["∝ 1/√n"].get_ydata()) == pytest.approx([1.0, 0.5, 0.25])
     with pytest.raises(ValueError, match="one value per sample count"):
         viz.convergence_figure([2, 8], {"a": [1.0]})
+
+
+def _visible_tick_labels(fig: object, axis: str) -> list[str]:
+    """The non-empty tick labels (major and minor) drawn inside the axis' view limits."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()  # type: ignore[arg-type]
+    ax = fig.axes[0]  # type: ignore[attr-defined]
+    low, high = sorted(ax.get_ylim() if axis == "y" else ax.get_xlim())
+    ticks = [*getattr(ax, f"{axis}axis").get_major_ticks(),
+             *getattr(ax, f"{axis}axis").get_minor_ticks()]
+    return sorted({t.label1.get_text() for t in ticks if t.label1.get_visible()
+                   and t.label1.get_text() and low <= t.get_loc() <= high})
+
+
+def test_convergence_figure_labels_a_range_under_a_decade() -> None:
+    # issue 23: values from 1.3 to 4.6 on a log y axis showed a single tick label ("2")
+    for samples, errors in (([20, 50], {"map vs reference": [4.6, 2.9], "stderr": [1.9, 1.3]}),
+                            ([20, 50, 100], {"a": [1.9, 1.6, 1.5], "b": [1.45, 1.4, 1.3]})):
+        figure = viz.convergence_figure(samples, errors)
+        labels = _visible_tick_labels(figure, "y")
+        assert len(labels) >= 3, labels
+        low, high = sorted(figure.axes[0].get_ylim())
+        values = sorted(float(label) for label in labels)
+        assert values[-1] - values[0] >= (high - low) / 2, labels  # they span the axis
+    wide = viz.convergence_figure([2, 5, 20, 50, 100], {"a": [5.0, 2.0, 0.8, 0.4, 0.2]})
+    assert wide.axes[0].get_yscale() == "log"  # a decade or more: log axis as before
+    assert len(_visible_tick_labels(wide, "y")) >= 3
+
+
+# ------------------------------------------------------------ preprocessing parity
+
+
+def _photo(width: int, height: int) -> Image.Image:
+    pixels = np.random.default_rng(width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def _resize_256_crop_224(image: Image.Image) -> np.ndarray:
+    """torchvision's Resize(256), CenterCrop(224), ToTensor, Normalize(ImageNet) by its
+    documented rules, in PIL and numpy: the shorter side becomes 256 and the longer
+    int(256 * long / short) (bilinear, antialiased as PIL always is); the crop starts at
+    int(round((size - 224) / 2)) on each axis. Returns (224, 224, 3) float64."""
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    size = (256, int(256 * long / short)) if width <= height else (int(256 * long / short), 256)
+    resized = np.asarray(image.resize(size, Image.Resampling.BILINEAR), dtype=np.float64)
+    top, left = (round((extent - 224) / 2) for extent in resized.shape[:2])
+    crop = resized[top : top + 224, left : left + 224] / 255.0
+    return (crop - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+
+
+@pytest.mark.parametrize("size", [(640, 427), (427, 640)])
+def test_imagenet_preprocess_equals_a_pil_reference_on_a_non_square_photo(
+        size: tuple[int, int]) -> None:
+    image = _photo(*size)
+    ours = models.imagenet_preprocess(image)
+    assert ours.shape == (1, 3, 224, 224)
+    np.testing.assert_allclose(ours[0].permute(1, 2, 0).numpy(), _resize_256_crop_224(image),
+                               rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(640, 427), (427, 640)])
+def test_imagenet_preprocess_equals_torchvision_on_a_non_square_photo(
+        size: tuple[int, int]) -> None:
+    transforms = pytest.importorskip(
+        "torchvision.transforms",
+        reason="torchvision is not installed (it needs torch 2.14.1; this project pins 2.13)")
+    pipeline = transforms.Compose([
+        transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+        transforms.Normalize(models.IMAGENET_MEAN, models.IMAGENET_STD)])
+    image = _photo(*size)
+    torch.testing.assert_close(models.imagenet_preprocess(image), pipeline(image)[None])
 
 
 # ------------------------------------------------------------------------------ CLI
@@ -230,6 +323,94 @@ def test_evaluate_command(tmp_path: Path, default_model: nn.Module) -> None:
     assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
 
 
+TINY_MODEL = """
+import numpy as np
+import torch
+from torch import nn
+
+
+def preprocess(image):
+    pixels = np.asarray(image.convert("RGB").resize((48, 48)), dtype=np.float32)
+    return (torch.from_numpy(pixels).permute(2, 0, 1)[None] - 127.0) / 128.0
+
+
+def build():
+    generator = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 4, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                          nn.Flatten(), nn.Linear(16, 5))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    return model.eval(), preprocess
+"""
+
+
+def _scores(capsys: pytest.CaptureFixture[str], tmp_path: Path, *args: str
+            ) -> tuple[dict[str, object], list[dict[str, object]], str]:
+    """Run a command on a tiny model (48x48 inputs: RISE's 224-pixel steps are 11 steps);
+    its JSON settings, rows and printed table."""
+    (tmp_path / "tiny_model.py").write_text(TINY_MODEL)
+    report = tmp_path / "report.json"
+    command, *rest = args
+    extra = ["--out", str(tmp_path / "out")] if command == "sweep" else []
+    code = main([command, CAT, "--model", f"{tmp_path / 'tiny_model.py'}:build",
+                 "--json", str(report), *extra, *rest])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    payload = json.loads(report.read_text())
+    return payload["settings"], payload["rows"], out
+
+
+EVALUATE = ("evaluate", "--methods", "gradient", "--aggregates", "mean", "--samples", "2",
+            "--metrics", "deletion,insertion,infidelity", "--steps", "4")
+
+
+@pytest.mark.parametrize(("flags", "columns", "recorded"), [
+    (["--substrate", "zeros"], ["deletion_auc", "insertion_auc"],
+     {"substrate": {"deletion": "zeros", "insertion": "zeros"}}),
+    (["--substrate", "blur"], ["deletion_auc"],
+     {"substrate": {"deletion": "blur", "insertion": "blur"}}),
+    (["--rise"], ["deletion_auc", "insertion_auc"],
+     {"rise": True, "steps": None, "substrate": {"deletion": "zeros", "insertion": "blur"}}),
+    (["--infidelity-std", "0.5"], ["infidelity"], {"infidelity_std": 0.5}),
+    (["--no-infidelity-normalize"], ["infidelity"], {"infidelity_normalize": False}),
+])
+def test_evaluate_curve_and_infidelity_flags_change_the_scores(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, flags: list[str],
+        columns: list[str], recorded: dict[str, object]) -> None:
+    base_args = EVALUATE[:-2] if "--rise" in flags else EVALUATE  # --rise fixes the steps
+    base_settings, base, _ = _scores(capsys, tmp_path, *EVALUATE)
+    settings, rows, _ = _scores(capsys, tmp_path, *base_args, *flags)
+    for key, value in recorded.items():
+        assert settings[key] == value and base_settings[key] != value, key
+    for column in columns:
+        assert [r[column] for r in rows] != [r[column] for r in base], column
+
+
+def test_evaluate_sensitivity_radius_changes_the_scores(capsys: pytest.CaptureFixture[str],
+                                                         tmp_path: Path) -> None:
+    args = ("evaluate", "--methods", "gradient", "--aggregates", "mean", "--samples", "2",
+            "--metrics", "sensitivity", "--sensitivity-perturbations", "2", "--floor-seeds", "1")
+    base_settings, base, _ = _scores(capsys, tmp_path, *args)
+    settings, rows, _ = _scores(capsys, tmp_path, *args, "--sensitivity-radius", "0.5")
+    assert (base_settings["sensitivity_radius"], settings["sensitivity_radius"]) == (0.02, 0.5)
+    assert rows[0]["sensitivity_max"] > base[0]["sensitivity_max"]
+
+
+@pytest.mark.parametrize("flags", [["--substrate", "zeros"], ["--rise"]])
+def test_sweep_curve_flags_change_the_scores(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                             flags: list[str]) -> None:
+    args = ("sweep", "--noise", "0,0.1", "--samples", "2", "--at-samples", "2",
+            "--reference-samples", "3")
+    base_settings, base, _ = _scores(capsys, tmp_path, *args)
+    settings, rows, _ = _scores(capsys, tmp_path, *args, *flags)
+    assert settings["substrate"] != base_settings["substrate"]
+    assert [r["deletion_auc"] for r in rows] != [r["deletion_auc"] for r in base]
+    with open(tmp_path / "out" / "chelsea_gradient_sweep.csv", newline="") as file:
+        written = [float(r["deletion_auc"]) for r in csv.DictReader(file)]
+    assert written == pytest.approx([r["deletion_auc"] for r in rows])
+
+
 def call(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     try:
         code = main(list(args))
@@ -253,6 +434,12 @@ def call(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     (["evaluate", CAT, "--aggregates", "var", "--samples", "1"], "needs --samples >= 2"),
     (["evaluate", CAT, "--csv", "nowhere/s.csv"], "--csv: no such folder"),
     (["evaluate", CAT, "--steps", "0"], "positive integer"),
+    (["evaluate", CAT, "--rise", "--steps", "10"], "--rise is RISE's protocol"),
+    (["evaluate", CAT, "--rise", "--substrate", "mean"], "leave out --steps and --substrate"),
+    (["evaluate", CAT, "--substrate", "black"], "invalid choice: 'black'"),
+    (["evaluate", CAT, "--infidelity-std", "0"], "--infidelity-std"),
+    (["evaluate", CAT, "--sensitivity-radius", "-1"], "--sensitivity-radius"),
+    (["sweep", CAT, "--rise", "--steps", "10"], "--rise is RISE's protocol"),
     (["evaluate", "missing.jpg"], "missing.jpg"),
 ])
 def test_bad_arguments(capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str],
@@ -307,9 +494,35 @@ def test_every_forward_pass_is_bounded_by_batch_size_and_shared_work_is_done_onc
     target = tiny_cnn()(x).argmax(dim=1)
     plain = gradient(tiny_cnn(), x, target)
     assert rows[0]["infidelity"] == pytest.approx(float(metrics.infidelity(
-        tiny_cnn(), x, plain, target, n_perturb=7)[0]), rel=1e-5)
+        tiny_cnn(), x, plain, target, n_perturb_samples=7)[0]), rel=1e-5)
     assert rows[0]["sensitivity_max"] == pytest.approx(float(metrics.sensitivity_max(
-        gradient, tiny_cnn(), x, n_perturb=2)[0]), rel=1e-5)
+        gradient, tiny_cnn(), x, n_perturb_samples=2)[0]), rel=1e-5)
+
+
+def test_curve_and_infidelity_options_reach_the_metrics() -> None:
+    model, x = tiny_cnn(), batch(1)
+    target = model(x).argmax(dim=1)
+    plain = gradient(model, x, target)
+    for options, curve_options, normalize in (
+            ({"substrate": "zeros", "steps": 4}, {"substrate": "zeros", "steps": 4}, True),
+            ({"rise": True}, {"rise": True}, True),
+            ({"infidelity_normalize": False, "steps": 4}, {"steps": 4}, False)):
+        rows = evaluation.evaluate(model, x, methods=["gradient"], aggregates=[],
+                                   metrics=["deletion", "insertion", "infidelity"], **options)
+        row = rows[0]
+        assert row["deletion_auc"] == pytest.approx(float(metrics.deletion_auc(
+            model, x, plain, target, reduce="abs", **curve_options)[0]), rel=1e-5), options
+        assert row["insertion_auc"] == pytest.approx(float(metrics.insertion_auc(
+            model, x, plain, target, reduce="abs", **curve_options)[0]), rel=1e-5), options
+        assert row["infidelity"] == pytest.approx(float(metrics.infidelity(
+            model, x, plain, target, normalize=normalize)[0]), rel=1e-5), options
+    assert evaluation.MetricOptions().substrates() == {"deletion": "mean", "insertion": "blur"}
+    assert evaluation.MetricOptions(rise=True).substrates() == {"deletion": "zeros",
+                                                                "insertion": "blur"}
+    with pytest.raises(ValueError, match="substrate must be one of"):
+        evaluation.MetricOptions(substrate="black")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="leave steps and substrate out"):
+        evaluation.MetricOptions(rise=True, steps=50)
 
 
 def test_settings_objects_validate_and_keywords_override_them() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -90,6 +91,42 @@ def test_gini_uniform_and_one_hot() -> None:
     assert 0 < metrics.gini(dense).item() < metrics.gini(one_hot)[0].item()
 
 
+def _quantus() -> object:
+    """Quantus (installed by `make` with --no-deps; see the Makefile), or skip."""
+    return pytest.importorskip("quantus", reason="quantus is installed by make's setup step")
+
+
+def test_gini_equals_quantus_sparseness() -> None:
+    quantus = _quantus()
+    x = torch.rand(4, 3, 10, 10, generator=_seeded(0), dtype=torch.float64)
+    a = torch.randn(4, 1, 10, 10, generator=_seeded(1), dtype=torch.float64)
+    a[1] = a[1].abs() ** 4  # a sparser map
+    sparseness = quantus.Sparseness(abs=True, normalise=False, disable_warnings=True)
+    theirs = torch.tensor(sparseness(model=None, x_batch=x.numpy(), y_batch=np.zeros(4, int),
+                                     a_batch=a.numpy().copy()), dtype=torch.float64)
+    # the same formula: exact once Quantus' 1e-7 shift is applied to ours
+    torch.testing.assert_close(metrics.gini(a.abs() + 1e-7), theirs, rtol=0, atol=1e-12)
+    # and within the shift's effect without it
+    torch.testing.assert_close(metrics.gini(a), theirs, rtol=0, atol=1e-6)
+
+
+def test_gini_of_an_all_zero_map_is_zero_as_in_quantus() -> None:
+    # an all-zero map was NaN; it is a uniform map and scores 0 (documented policy)
+    maps = torch.rand(3, 1, 6, 6, generator=_seeded(0), dtype=torch.float64)
+    maps[1] = 0.0
+    ours = metrics.gini(maps)
+    assert ours[1].item() == 0.0 and torch.isfinite(ours).all()
+    assert metrics.gini(torch.zeros(2, 3, 4, 4)).tolist() == [0.0, 0.0]
+    quantus = _quantus()
+    x = np.random.default_rng(0).random((3, 3, 6, 6))
+    sparseness = quantus.Sparseness(abs=True, normalise=False, disable_warnings=True)
+    theirs = sparseness(model=None, x_batch=x, y_batch=np.zeros(3, int), a_batch=maps.numpy())
+    assert theirs[1] == pytest.approx(0.0, abs=1e-12)  # Quantus' shift gives 0 in a mixed batch
+    with pytest.raises(AssertionError, match="all equal to zero"):  # and refuses a zero batch
+        sparseness(model=None, x_batch=x[:1], y_batch=np.zeros(1, int),
+                   a_batch=np.zeros((1, 1, 6, 6)))
+
+
 def test_total_variation_constant_and_checkerboard() -> None:
     assert torch.equal(metrics.total_variation(torch.full((2, 3, 8, 8), 4.0)), torch.zeros(2))
     for size in (8, 32):
@@ -155,6 +192,122 @@ def test_deletion_curve_protocol() -> None:
     assert torch.allclose(insertion.scores[:, -1], probs)
 
 
+def test_substrates_are_what_deletion_ends_at_and_insertion_starts_from() -> None:
+    model = tiny_cnn()
+    x = torch.randn(2, 3, 16, 16, generator=_seeded(0))
+    attribution = torch.rand(2, 16, 16, generator=_seeded(1))
+    target = model(x).argmax(dim=1)
+
+    def probability(images: Tensor) -> Tensor:
+        return model(images).softmax(dim=1)[torch.arange(2), target]
+
+    images = {"zeros": torch.zeros_like(x), "mean": x.mean(dim=(2, 3), keepdim=True) + 0 * x,
+              "blur": metrics.faithfulness.blur(x, 11, 5.0)}
+    for name, image in images.items():
+        deletion = metrics.deletion_curve(model, x, attribution, substrate=name, steps=4)
+        insertion = metrics.insertion_curve(model, x, attribution, substrate=name, steps=4)
+        torch.testing.assert_close(deletion.scores[:, -1], probability(image))
+        torch.testing.assert_close(insertion.scores[:, 0], probability(image))
+    # the defaults are unchanged: deletion to the mean colour, insertion from the blur
+    torch.testing.assert_close(metrics.deletion_auc(model, x, attribution, steps=4),
+                               metrics.deletion_auc(model, x, attribution, steps=4,
+                                                    substrate="mean"))
+    torch.testing.assert_close(metrics.insertion_auc(model, x, attribution, steps=4),
+                               metrics.insertion_auc(model, x, attribution, steps=4,
+                                                     substrate="blur"))
+    with pytest.raises(ValueError, match="substrate must be one of"):
+        metrics.deletion_curve(model, x, attribution, substrate="black")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="leave steps and substrate out"):
+        metrics.deletion_curve(model, x, attribution, rise=True, steps=10)
+    with pytest.raises(ValueError, match="leave steps and substrate out"):
+        metrics.insertion_curve(model, x, attribution, rise=True, substrate="blur")
+
+
+def _rise_reference(model: nn.Module, image: Tensor, saliency: np.ndarray, mode: str,
+                    substrate: Tensor) -> np.ndarray:
+    """RISE's CausalMetric.single_run (evaluation.py, Petsiuk et al.), rewritten: steps of 224
+    pixels of a 224x224 image, softmax probability of the clean top class."""
+    pixels, step = 224 * 224, 224
+    n_steps = (pixels + step - 1) // step
+    with torch.no_grad():
+        top = int(model(image).argmax(dim=1))
+        start, finish = (image.clone(), substrate) if mode == "del" else (substrate.clone(), image)
+        order = np.flip(np.argsort(saliency.reshape(-1, pixels), axis=1), axis=-1)
+        scores = np.empty(n_steps + 1)
+        for i in range(n_steps + 1):
+            scores[i] = float(model(start).softmax(dim=1)[0, top])
+            if i < n_steps:
+                coords = torch.from_numpy(order[0, step * i : step * (i + 1)].copy())
+                start.view(1, 3, pixels)[0, :, coords] = finish.view(1, 3, pixels)[0, :, coords]
+    return scores
+
+
+def _rise_auc(scores: np.ndarray) -> float:
+    """RISE's auc(): the trapezoid over evenly spaced steps, normalised to [0, 1]."""
+    return float((scores.sum() - scores[0] / 2 - scores[-1] / 2) / (scores.shape[0] - 1))
+
+
+def _rise_blur(x: Tensor) -> Tensor:
+    """RISE's insertion substrate: gkern(11, 5) (an impulse through gaussian_filter), zero
+    padding, one channel at a time."""
+    ndimage = pytest.importorskip("scipy.ndimage")
+    impulse = np.zeros((11, 11))
+    impulse[5, 5] = 1
+    kernel = torch.zeros(3, 3, 11, 11)
+    for c in range(3):
+        kernel[c, c] = torch.from_numpy(ndimage.gaussian_filter(impulse, 5).astype("float32"))
+    return torch.nn.functional.conv2d(x, kernel, padding=5)
+
+
+def test_rise_mode_equals_rise_deletion_and_insertion() -> None:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 4, 8, stride=8), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
+                              nn.Flatten(), nn.Linear(64, 5)).eval()
+    x = torch.randn(1, 3, 224, 224, generator=_seeded(0))  # RISE's fixed size; one image
+    saliency = torch.rand(1, 224, 224, generator=_seeded(1), dtype=torch.float64)
+    blurred = _rise_blur(x)
+    torch.testing.assert_close(metrics.faithfulness.blur(x, 11, 5.0, rise=True), blurred,
+                               rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(metrics.faithfulness.blur(x, 11, 5.0), blurred, atol=1e-2)
+    deletion = metrics.deletion_curve(model, x, saliency, rise=True)
+    insertion = metrics.insertion_curve(model, x, saliency, rise=True)
+    assert deletion.scores.shape == (1, 225)
+    order = saliency[0].numpy()
+    expected = _rise_reference(model, x, order, "del", torch.zeros_like(x))
+    np.testing.assert_allclose(deletion.scores[0].numpy(), expected, atol=1e-6)
+    assert deletion.auc[0].item() == pytest.approx(_rise_auc(expected), abs=1e-6)
+    expected = _rise_reference(model, x, order, "ins", blurred)
+    np.testing.assert_allclose(insertion.scores[0].numpy(), expected, atol=1e-5)
+    assert insertion.auc[0].item() == pytest.approx(_rise_auc(expected), abs=1e-5)
+
+
+def test_deletion_with_zeros_is_quantus_pixel_flipping_on_black_images() -> None:
+    # Quantus' PixelFlipping fills with the image's minimum ("black"), has no point before the
+    # first step and integrates with unit spacing: on images whose minimum is 0 its curve is
+    # ours without the first point and its AUC is ours times the steps, less (s0 + s1) / 2
+    quantus = _quantus()
+    model = tiny_cnn()
+    x = torch.rand(2, 3, 12, 12, generator=_seeded(0))
+    x[:, :, 0, 0] = 0.0
+    saliency = torch.rand(2, 1, 12, 12, generator=_seeded(1))
+    target = model(x).argmax(dim=1)
+    steps = 36  # 4 pixels, 12 features a step (Quantus wants a divisor of H W)
+    ours = metrics.deletion_curve(model, x, saliency[:, 0], target, steps=steps,
+                                  substrate="zeros")
+    flipping = quantus.PixelFlipping(features_in_step=3 * 144 // steps, perturb_baseline="black",
+                                     normalise=False, abs=False, disable_warnings=True)
+    kwargs = {"model": model, "x_batch": x.numpy(), "y_batch": target.numpy(),
+              "a_batch": saliency.expand(-1, 3, -1, -1).numpy().copy(), "device": "cpu"}
+    theirs = torch.tensor(flipping(**kwargs))
+    torch.testing.assert_close(ours.scores[:, 1:], theirs, rtol=1e-5, atol=1e-6)
+    # Quantus' AUC is np.trapz(curve, dx=1) (utils.calculate_auc; numpy 2.4 dropped trapz)
+    auc = torch.tensor(np.trapezoid(theirs.numpy(), dx=1, axis=1))
+    torch.testing.assert_close(ours.auc * steps,
+                               auc + (ours.scores[:, 0] + ours.scores[:, 1]) / 2,
+                               rtol=1e-5, atol=1e-6)
+
+
 # ------------------------------------------------------------------ Captum cross-checks
 
 
@@ -186,7 +339,8 @@ def test_infidelity_matches_captum() -> None:
         )
         assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-7)
     # the seeded default draw is reproducible and is what ``perturbations`` replays
-    drawn = metrics.infidelity(model, x, attribution, target, n_perturb=k, noise_std=0.1)
+    drawn = metrics.infidelity(model, x, attribution, target, n_perturb_samples=k,
+                               noise_std=0.1)
     replayed = metrics.infidelity(
         model,
         x,
@@ -236,14 +390,64 @@ def test_sensitivity_max_matches_captum() -> None:
         target=target,
     )
     assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-7)
-    drawn = metrics.sensitivity_max(gradient, model, x, radius=radius, n_perturb=k, generator=1)
+    drawn = metrics.sensitivity_max(gradient, model, x, perturb_radius=radius,
+                                    n_perturb_samples=k, generator=1)
     assert torch.allclose(drawn, ours)
+
+
+def test_parameter_names_follow_captum() -> None:
+    import inspect
+
+    captum_metrics = pytest.importorskip("captum.metrics")
+    shared = {"infidelity": {"target", "n_perturb_samples", "normalize"},
+              "sensitivity_max": {"perturb_radius", "n_perturb_samples"}}  # target: **kwargs
+    for name, names in shared.items():
+        ours = set(inspect.signature(getattr(metrics, name)).parameters)
+        theirs = set(inspect.signature(getattr(captum_metrics, name)).parameters)
+        assert names <= ours & theirs, (name, names - ours)
+    # the defaults that differ from Captum's are ours on purpose (documented)
+    infidelity = inspect.signature(metrics.infidelity).parameters
+    assert (infidelity["normalize"].default, infidelity["n_perturb_samples"].default) == (True, 50)
+    sensitivity = inspect.signature(metrics.sensitivity_max).parameters
+    assert (sensitivity["perturb_radius"].default,
+            sensitivity["n_perturb_samples"].default) == (0.02, 10)  # Captum's
+
+
+def test_sensitivity_max_equals_quantus_on_the_same_perturbations() -> None:
+    quantus = _quantus()
+    model = tiny_cnn().double()
+    x = torch.randn(3, 3, 10, 10, generator=_seeded(0), dtype=torch.float64)
+    target = model(x).argmax(dim=1)
+    k, radius = 5, 0.2
+    deltas = radius * (2 * torch.rand(3, k, 3, 10, 10, generator=_seeded(1),
+                                      dtype=torch.float64) - 1)
+    step = iter(range(k))
+
+    def replay(arr: np.ndarray, indices: np.ndarray, **_: object) -> np.ndarray:
+        # Quantus perturbs the whole batch once per sample: sample j of every example
+        return arr + deltas[:, next(step)].reshape(arr.shape[0], -1).numpy()
+
+    def explain(model: nn.Module, inputs: np.ndarray, targets: np.ndarray,
+                **_: object) -> np.ndarray:
+        return gradient(model, torch.from_numpy(inputs), torch.from_numpy(targets)).numpy()
+
+    reference = gradient(model, x, target)
+    ours = metrics.sensitivity_max(gradient, model, x, target, perturbations=deltas)
+    max_sensitivity = quantus.MaxSensitivity(
+        nr_samples=k, perturb_func=replay, lower_bound=radius, normalise=False, abs=False,
+        disable_warnings=True)
+    theirs = max_sensitivity(model=model, x_batch=x.numpy(), y_batch=target.numpy(),
+                             a_batch=reference.numpy(), explain_func=explain, device="cpu",
+                             softmax=False)
+    torch.testing.assert_close(ours, torch.tensor(theirs, dtype=torch.float64), rtol=1e-10,
+                               atol=1e-12)
 
 
 def test_sensitivity_max_of_a_constant_explanation_is_zero() -> None:
     model = nn.Linear(6, 3)  # its gradient does not depend on the input
     x = torch.randn(3, 6, generator=_seeded(0))
-    assert torch.equal(metrics.sensitivity_max(gradient, model, x, radius=0.5), torch.zeros(3))
+    assert torch.equal(metrics.sensitivity_max(gradient, model, x, perturb_radius=0.5),
+                       torch.zeros(3))
 
 
 def test_sensitivity_floor() -> None:
@@ -283,6 +487,42 @@ def test_randomization_check() -> None:
     again = metrics.randomization_check(gradient, model, x, seed=0)
     for row, repeat in zip(rows, again, strict=True):
         assert torch.equal(row.spearman_signed, repeat.spearman_signed)
+
+
+def _quantus_mprt_order(model: nn.Module) -> list[str]:
+    """The layers Quantus' MPRT (top_down) randomises, in its order (global RNG kept)."""
+    quantus = _quantus()
+    wrapped = quantus.PyTorchModel(model, channel_first=True, softmax=False, device="cpu")
+    with torch.random.fork_rng(devices=[]):  # Quantus seeds the global RNG for every layer
+        return [name for name, _ in wrapped.get_random_layer_generator(order="top_down")]
+
+
+class NormedCNN(nn.Module):
+    """Nested modules, a BatchNorm without affine parameters (running statistics only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4, affine=False),
+                                  nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.stem(x))
+
+
+def test_randomization_layer_order_is_quantus_mprt_order() -> None:
+    x = torch.randn(2, 3, 16, 16, generator=_seeded(0))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        normed = NormedCNN().eval()
+        normed.stem[1].running_mean.uniform_(-1, 1)  # trained statistics, not the defaults
+    for model in (tiny_cnn(), normed):
+        rows = metrics.randomization_check(gradient, model, x, seed=0)
+        assert [row.layer for row in rows[1:-1]] == _quantus_mprt_order(model)
+    # the running statistics of the BatchNorm are re-initialised too (Quantus resets them)
+    rows = metrics.randomization_check(gradient, normed, x, seed=0)
+    assert [row.layer for row in rows] == ["original", "head.2", "stem.1", "stem.0",
+                                           "random map"]
 
 
 def test_randomization_check_explicit_layers() -> None:

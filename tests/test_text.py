@@ -6,9 +6,13 @@ temporary directory and loaded back offline; nothing is downloaded.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -195,7 +199,7 @@ def test_token_html_ansi_and_figure() -> None:
     shown = tokens.TokenScores(["[CLS]", "<b>", "bad"], [0.0, 1.0, -1.0], label="positive",
                                probability=0.75)
     page = shown._repr_html_()
-    assert "&lt;b&gt;" in page and "positive (0.750)" in page
+    assert "&lt;b&gt;" in page and "positive (p = 0.750)" in page
     red, blue = shown.colors()[1], shown.colors()[2]
     assert red[0] > red[2] and blue[2] > blue[0] and shown.colors()[0][0] > 240
     assert "\x1b[48;2;" in shown.to_ansi()
@@ -354,3 +358,128 @@ def test_cli_explain_text_errors(argv: list[str], message: str,
     assert main(["explain-text", "w1", *argv]) == 2
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1
+
+
+# ---- issue 23: long texts, the methods offered, quiet loading, readable token colours ----
+
+LONG = " ".join(f"w{10 + i % 80}" for i in range(600))  # 602 tokens with [CLS] and [SEP]
+
+
+def test_long_text_is_truncated_to_the_model_with_one_warning(bert: nn.Module) -> None:
+    """Issue 23: a text longer than BERT's 512 positions raised a size mismatch deep in the
+    model; it is cut to the model's maximum with a warning saying what was dropped, and the
+    map is the map of the text cut there by hand."""
+    from smoothgrad.text import explain_text
+
+    assert bert.max_length == 512
+    with pytest.warns(UserWarning, match="takes at most 512 tokens: text 1 lost its last 90 "
+                                         "tokens") as caught:
+        shown = explain_text(bert, [LONG, "w1 w2"], samples=2)
+    assert len(caught) == 1
+    assert len(shown.texts[0].tokens) == 512 and shown.texts[1].tokens[1:3] == ["w1", "w2"]
+    by_hand = explain_text(bert, [LONG, "w1 w2"], samples=2, max_length=512)  # no warning
+    assert shown.texts[0].values == by_hand.texts[0].values
+    with pytest.raises(ValueError, match="max_length 600 is more than the 512 tokens"):
+        explain_text(bert, [LONG], samples=2, max_length=600)
+
+
+def test_max_length_counts_roberta_position_offset(tmp_path: Path) -> None:
+    """RoBERTa's positions start after its padding index: 514 embeddings take 512 tokens."""
+    from smoothgrad import hf
+
+    config = transformers.RobertaConfig(vocab_size=99, hidden_size=8, num_hidden_layers=1,
+                                        num_attention_heads=2, intermediate_size=8,
+                                        max_position_embeddings=20, pad_token_id=1)
+    module = transformers.RobertaForSequenceClassification(config).eval()
+    tokenizer = type("Tokenizer", (), {"model_max_length": int(1e30)})()
+    assert hf.TextModel(module, tokenizer, "roberta").max_length == 18
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "smoothgrad", *args], capture_output=True,
+                          text=True, timeout=300, check=False)
+
+
+def test_cli_long_text_warns_once_and_max_length_is_checked(
+        bert_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23: 25 frames of traceback before; now one warning line, and the map."""
+    from smoothgrad.cli import main
+
+    done = run_cli("explain-text", LONG, "--model", f"hf:{bert_dir}", "--samples", "2",
+                   "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("smoothgrad: warning:")
+    assert "text 1 lost its last 90 tokens" in done.stderr
+    assert (tmp_path / "out" / "text-1.png").is_file()
+    assert main(["explain-text", "w1", "--model", f"hf:{bert_dir}", "--max-length", "600",
+                 "--out", str(tmp_path / "other"), "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert error == ("smoothgrad: error: --max-length 600: the model takes at most 512 "
+                     "tokens\n")
+    assert not (tmp_path / "other").exists()
+
+
+def test_cli_quiet_shows_nothing_not_even_transformers_progress(bert_dir: Path,
+                                                               tmp_path: Path) -> None:
+    """Issue 23: --quiet still showed transformers' "Loading weights" progress bar."""
+    done = run_cli("explain-text", "w1 w2", "--model", f"hf:{bert_dir}", "--samples", "2",
+                   "--quiet", "--out", str(tmp_path))
+    assert done.returncode == 0 and (done.stdout, done.stderr) == ("", "")
+
+
+def test_cli_offers_only_methods_that_explain_text(bert: nn.Module,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23: --method offered grad_cam and grad_cam_plus_plus, which always failed on
+    text; every method offered now runs, and --help speaks of texts, not images."""
+    from smoothgrad.cli.parser import build_parser
+    from smoothgrad.text import explain_text
+
+    parser = build_parser()
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["explain-text", "w1", "--model", "hf:x", "--method", "grad_cam"])
+    assert exit_.value.code == 2 and "invalid choice: 'grad_cam'" in capsys.readouterr().err
+    (action,) = [a for a in parser._subparsers._group_actions[0].choices[  # type: ignore[union-attr]
+        "explain-text"]._actions if a.dest == "method"]
+    assert action.choices
+    for method in action.choices:
+        with warnings.catch_warnings():  # guided backprop: "left tanh unmodified"; it runs
+            warnings.simplefilter("ignore")
+            explain_text(bert, ["w1 w2 w3"], method=method, samples=2,
+                         **({"method_kwargs": {"steps": 4}} if "integrated" in method else {}))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["explain-text", "--help"])
+    shown = capsys.readouterr().out
+    assert "image" not in shown and "per text" in shown and "every text" in shown
+
+
+def test_token_text_contrasts_with_its_cell_as_rendered() -> None:
+    """Issue 23: the PNG drew the strongest token in black on dark red (contrast 1.6). Each
+    token's text, as drawn, must contrast with its cell by at least 4.5 (WCAG AA), in the
+    figure's pixels, the HTML and the terminal."""
+    import re
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    shown = tokens.TokenScores(["strong", "weak", "none", "against", "strongest"],
+                               [0.9, 0.3, 0.0, -0.7, 1.0])
+    figure = shown.figure()
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    pixels = np.asarray(canvas.buffer_rgba())[..., :3].astype(float)
+    renderer = canvas.get_renderer()
+    height = pixels.shape[0]
+    for text in figure.axes[0].texts:
+        box = text.get_bbox_patch().get_window_extent(renderer)  # type: ignore[union-attr]
+        cell = pixels[height - int(box.y1) + 2:height - int(box.y0) - 2,
+                      int(box.x0) + 2:int(box.x1) - 2].reshape(-1, 3)
+        colours, counts = np.unique(cell, axis=0, return_counts=True)
+        background = colours[counts.argmax()]
+        ink = cell[np.abs(cell - background).sum(axis=1).argmax()]  # the text's strongest pixel
+        assert tokens.contrast(ink, background) >= 4.5, (text.get_text(), ink, background)
+    for style in re.findall(r"background: rgb\(([\d,]+)\).*?color: rgb\(([\d,]+)\)",
+                            shown._repr_html_()):
+        cell_rgb, ink_rgb = ([int(v) for v in part.split(",")] for part in style)
+        assert tokens.contrast(cell_rgb, ink_rgb) >= 4.5
+    for r, g, b, code in re.findall(r"48;2;(\d+);(\d+);(\d+)m\x1b\[(\d+)m", shown.to_ansi()):
+        ink_rgb = (0, 0, 0) if code == "30" else (255, 255, 255)
+        assert tokens.contrast((int(r), int(g), int(b)), ink_rgb) >= 4.5

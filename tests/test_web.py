@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import uvicorn
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -223,14 +224,53 @@ def test_api_streams_events_in_order(server: Server) -> None:
     status, events = server.post("sample=coffee&samples=3&noise=0.1&strip=0&method=guided_backprop")
     assert status == 200
     kinds = [event["type"] for event in events]
-    assert kinds[:5] == ["queued", "started", "input", "top5", "plain"]
+    assert kinds[:6] == ["queued", "started", "input", "top5", "plain", "explained"]
     assert kinds[-2:] == ["stderr", "done"] and kinds.count("progress") == 3
     assert [e["done"] for e in events if e["type"] == "progress"] == [1, 2, 3]
     files = events[-1]["files"]
     assert "smoothed.png" in files
     with urllib.request.urlopen(f"{server.url}/api/results/{events[-1]['id']}/smoothed.png") as r:
         assert r.headers["Content-Type"] == "image/png"
-        assert Image.open(io.BytesIO(r.read())).size == (224, 224)
+        width, height = Image.open(io.BytesIO(r.read())).size
+        assert width == 224 and height > 224  # the map and, under it, the class it explains
+
+
+def test_the_page_and_its_downloads_name_the_class_explained(browser: Browser,
+                                                              server: Server) -> None:
+    """Issue 23: every map explained the top prediction, and the page did not say which
+    class its maps explain. A class can now be chosen; the page, its top-5 and the
+    downloaded figures name it with its probability, and the maps are that class's."""
+    import smoothgrad as sg
+
+    model = server.app.state.scheduler.model
+    x = model.preprocess(images.load(CHELSEA))
+    with torch.no_grad():
+        p = model(x).softmax(dim=1)[0]
+    page = open_page(browser, server)
+    page.fill("#target", "Egyptian cat")
+    start(page, CHELSEA, 3, strip=False)
+    page.wait_for_selector("body[data-state='done']")
+    label = f"Egyptian cat (p = {float(p[285]):.3f})"
+    assert page.inner_text("#explained") == f"Explaining {label}"
+    assert page.locator("#top5 li.explained").all_inner_texts()[0].startswith("Egyptian cat")
+    page.close()
+    status, events = server.post("sample=chelsea&samples=2&strip=0&target=285")
+    assert status == 200
+    assert [e["label"] for e in events if e["type"] == "explained"] == [label]
+    done = events[-1]
+    with urllib.request.urlopen(f"{server.url}/api/results/{done['id']}/smoothed.npy") as r:
+        smoothed = torch.from_numpy(np.load(io.BytesIO(r.read())))
+    want = sg.smooth(model, x, target=285, samples=2, batch_size=1).attribution[0]
+    torch.testing.assert_close(smoothed, want)
+    with urllib.request.urlopen(f"{server.url}/api/results/{done['id']}/smoothed.png") as r:
+        figure = np.asarray(Image.open(io.BytesIO(r.read())).convert("RGB"))
+    assert np.array_equal(figure, sg.viz.captioned(sg.display.map_picture(want), label))
+    status, events = server.post("sample=chelsea&samples=1&strip=0")  # the prediction
+    top = next(e for e in events if e["type"] == "top5")["classes"][0]
+    assert [e["label"] for e in events if e["type"] == "explained"] == [
+        f"{top['label']} (p = {float(p.max()):.3f})"]
+    status, message = server.post("sample=chelsea&target=tabby%20kat")
+    assert status == 400 and "did you mean 'tabby'" in message
 
 
 def test_serve_without_the_web_extra_says_how_to_get_it(
@@ -240,33 +280,79 @@ def test_serve_without_the_web_extra_says_how_to_get_it(
     assert "pip install 'smoothgrad[web]'" in capsys.readouterr().err
 
 
-def test_serve_leaves_nothing_behind(tmp_path: Path) -> None:
-    """The real command: it binds to loopback, and its temporary folder goes on Ctrl-C."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "TMPDIR": str(tmp_path)}
+TINY = """
+import numpy as np, torch
+from torch import nn
+
+def build():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                          nn.Flatten(), nn.Linear(16, 5))
+    def preprocess(image):
+        a = np.asarray(image.resize((16, 16)), dtype=np.float32) / 255
+        return torch.from_numpy(a).permute(2, 0, 1)
+    return model, preprocess
+"""
+
+
+def serving(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+    """`smoothgrad serve` on a tiny model in a process, TMPDIR in `tmp_path`; the process and
+    the URL of its banner, once the page answers."""
+    (tmp_path / "sg_serve_tiny.py").write_text(TINY)
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
+    (tmp_path / "tmp").mkdir()
     process = subprocess.Popen(
-        [sys.executable, "-m", "smoothgrad", "serve", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [sys.executable, "-m", "smoothgrad", "serve", "--model",
+         f"{tmp_path / 'sg_serve_tiny.py'}:build", *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    banner = process.stdout.readline()
+    assert banner.startswith("smoothgrad serve: http://127.0.0.1:"), (
+        banner, process.stderr.read() if process.poll() is not None and process.stderr else "")
+    url = banner.split()[2]
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}api/info", timeout=5) as response:
+                assert json.loads(response.read())["model"].endswith("sg_serve_tiny.py:build")
+                return process, url
+        except urllib.error.URLError:
+            assert time.monotonic() < deadline, "the server did not answer"
+            time.sleep(0.1)
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_serve_leaves_nothing_behind(tmp_path: Path, stop: str) -> None:
+    """The real command: it binds to loopback, and its temporary folder goes when it is
+    stopped: on Ctrl-C, and (issue 23) on SIGTERM (kill, systemd, docker stop) and SIGHUP,
+    which left `smoothgrad-serve-*` behind."""
+    process, _ = serving(tmp_path, "--port", "0")
     try:
-        assert process.stdout is not None
-        banner = process.stdout.readline()
-        assert f"http://127.0.0.1:{port}/" in banner
-        url = f"http://127.0.0.1:{port}/api/info"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    assert json.loads(response.read())["model"] == "efficientnet_lite0"
-                    break
-            except urllib.error.URLError:
-                assert time.monotonic() < deadline, "the server did not answer"
-                time.sleep(0.1)
-        assert [p.name.startswith("smoothgrad-serve-") for p in tmp_path.iterdir()] == [True]
-        process.send_signal(signal.SIGINT)
+        assert [p.name.startswith("smoothgrad-serve-") for p in (tmp_path / "tmp").iterdir()
+                ] == [True]
+        process.send_signal(getattr(signal, stop))
         assert process.wait(60) == 0
     finally:
         process.kill()
-        process.wait()
-    assert list(tmp_path.iterdir()) == []
+        _, error = process.communicate()
+    assert list((tmp_path / "tmp").iterdir()) == [] and error == ""
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
+    """Issue 23: the URL was printed as if serving, then uvicorn's "[Errno 98]", exit 3.
+    Now one line naming --port, exit 2, nothing announced; --port 0 takes a free port and
+    prints it."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "smoothgrad", "serve", "--port", str(port)],
+                              capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == (f"smoothgrad: error: --port {port}: in use on 127.0.0.1 (another "
+                           "server?); choose another, or 0 for any free port\n")
+    process, url = serving(tmp_path, "--port", "0")
+    try:
+        assert int(url.rsplit(":", 1)[1].strip("/")) > 0
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0

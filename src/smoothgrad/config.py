@@ -12,24 +12,28 @@ Example:
     >>> SmoothConfig(noise=0.1, stdev=0.2)
     Traceback (most recent call last):
     ...
-    ValueError: give either noise (relative) or stdev (absolute), not both
+    smoothgrad.errors.OptionError: give either noise (relative) or stdev (absolute), not both
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import numbers
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 from torch import Tensor
+from typing_extensions import TypedDict
 
+from smoothgrad.errors import OptionError
 from smoothgrad.methods import Method, resolve_method
 from smoothgrad.stats import AGGREGATES
 
-__all__ = ["DEFAULT_NOISE", "SmoothConfig", "as_integer", "as_real"]
+__all__ = ["DEFAULT_NOISE", "SmoothConfig", "SmoothOptions", "as_integer", "as_real", "configured"]
 
 DEFAULT_NOISE = 0.15
 """σ as a fraction of each example's value range, when neither noise nor stdev is given."""
@@ -53,22 +57,23 @@ def _scalar(value: object) -> object:
 
 
 def as_real(name: str, value: object, *, low: float = 0.0, strict: bool = False) -> float:
-    """`value` as a finite float ≥ `low` (> `low` when strict), or a ValueError naming `name`."""
+    """`value` as a finite float ≥ `low` (> `low` when strict), or an OptionError (a
+    ValueError) naming `name`."""
     number = _scalar(value)
     if (not isinstance(number, bool) and isinstance(number, numbers.Real)
             and math.isfinite(float(number))
             and (float(number) > low if strict else float(number) >= low)):
         return float(number)
     relation = ">" if strict else ">="
-    raise ValueError(f"{name} must be a finite number {relation} {low:g}, got {value!r}")
+    raise OptionError(f"{name} must be a finite number {relation} {low:g}, got {value!r}")
 
 
 def as_integer(name: str, value: object, *, low: int = 0) -> int:
-    """`value` as an int ≥ `low`, or a ValueError naming `name`."""
+    """`value` as an int ≥ `low`, or an OptionError (a ValueError) naming `name`."""
     number = _scalar(value)
     if not isinstance(number, bool) and isinstance(number, numbers.Integral) and int(number) >= low:
         return int(number)
-    raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    raise OptionError(f"{name} must be an int >= {low}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -95,8 +100,9 @@ class SmoothConfig:
       `samples` or `steps`. "auto" starts from `default_batch_size(device)` and times the
       call's own passes to find the fastest size (see `smoothgrad.tuning`).
     - antithetic: noise pairs ε, −ε; standard errors are then taken over pair averages.
-    - fast: explain an optimised copy of the model (see `smoothgrad.fast`), with glibc's
-      malloc keeping freed blocks for the call. The clean prediction uses the model itself.
+    - fast: explain an optimised copy of the model (see `smoothgrad.fast`). The clean
+      prediction uses the model itself. (`guard.reusing_freed_memory` is a further opt-in
+      for CPUs: process-wide, see its docstring.)
     - estimator: "monte_carlo" (the average over noisy copies) or "mean_field": `samples`
       noisy forward passes, then one backward with every rectifier's gate replaced by its
       expectation (gradient and input_x_gradient, aggregate "mean"; biased, see
@@ -123,7 +129,7 @@ class SmoothConfig:
     def __post_init__(self) -> None:
         resolve_method(self.method)  # raises for an unknown name or a non-callable
         if self.noise is not None and self.stdev is not None:
-            raise ValueError("give either noise (relative) or stdev (absolute), not both")
+            raise OptionError("give either noise (relative) or stdev (absolute), not both")
         fixed: dict[str, Any] = {"aggregate": _aggregates(self.aggregate)}
         if isinstance(self.stdev, tuple | list) or (
                 isinstance(self.stdev, Tensor) and self.stdev.dim() > 0):
@@ -136,15 +142,16 @@ class SmoothConfig:
         if self.batch_size != "auto":
             fixed["batch_size"] = _positive("batch_size", self.batch_size,
                                             "a positive int or 'auto'")
-        if self.samples == "auto":
-            fixed["tol"] = as_real("tol", self.tol, strict=True)
-            fixed["max_samples"] = _positive("max_samples", self.max_samples, "a positive int")
-        else:
-            fixed["samples"] = _positive("samples", self.samples, "a positive int or auto")
+        if self.samples != "auto":
+            fixed["samples"] = _positive("samples", self.samples, "a positive int or 'auto'")
+        fixed["tol"] = as_real("tol", self.tol, strict=True)  # checked even without "auto"
+        fixed["max_samples"] = _positive("max_samples", self.max_samples, "a positive int")
+        fixed["antithetic"] = _flag("antithetic", self.antithetic)
+        fixed["fast"] = _flag("fast", self.fast)
         for name, value in fixed.items():
             object.__setattr__(self, name, value)
         if "var" in self.aggregates and self.limit < 2:
-            raise ValueError("aggregate 'var' needs samples >= 2")
+            raise OptionError("aggregate 'var' needs samples >= 2")
         if self.estimator != "monte_carlo":
             from smoothgrad.meanfield import check_options
             check_options(self)
@@ -168,7 +175,18 @@ class SmoothConfig:
         return str(getattr(inner, "__name__", type(inner).__name__))
 
     def replace(self, **changes: Any) -> SmoothConfig:
-        """A copy with some options changed (validated again)."""
+        """A copy with the options in `changes` set, whatever their values (validated again).
+
+        noise and stdev are two spellings of σ: setting one to a number clears the other
+        (unless both are given), so `replace(stdev=0.1)` works on a config with a noise.
+
+        Example:
+            >>> SmoothConfig(noise=0.3).replace(stdev=0.1).noise is None
+            True
+        """
+        for given, other in (("noise", "stdev"), ("stdev", "noise")):
+            if changes.get(given) is not None and other not in changes:
+                changes = {**changes, other: None}
         return dataclasses.replace(self, **changes)
 
     def as_dict(self) -> dict[str, Any]:
@@ -180,11 +198,73 @@ class SmoothConfig:
         return values
 
 
+class SmoothOptions(TypedDict, total=False):
+    """`SmoothConfig`'s fields as keywords (`smooth(model, x, samples=20, seed=1)`): the
+    type of `smooth`'s `**overrides`, so type checkers and IDEs know each name and type."""
+
+    method: str | Method | Any
+    samples: int | Literal["auto"]
+    noise: float | None
+    stdev: float | Tensor | tuple[float | Tensor, ...] | None
+    aggregate: str | tuple[str, ...]
+    batch_size: int | Literal["auto"]
+    seed: int
+    antithetic: bool
+    tol: float
+    max_samples: int
+    fast: bool
+    estimator: Literal["monte_carlo", "mean_field"]
+
+
+FIELDS = tuple(field.name for field in dataclasses.fields(SmoothConfig))
+"""The option names, in `SmoothConfig`'s order."""
+
+
+def configured(config: SmoothConfig | None, overrides: Mapping[str, Any], *,
+               caller: str = "smooth", others: Iterable[str] = ()) -> SmoothConfig:
+    """`config` (None: the defaults) with every option in `overrides` set, whatever its value.
+
+    An option given is an option used: `samples=50` beside `SmoothConfig(samples=20)` gives
+    50, even though 50 is the default. A name that is not an option is a TypeError that
+    suggests the closest option (or one of `others`, the caller's other keywords).
+
+    Example:
+        >>> configured(SmoothConfig(samples=20, seed=3), {"samples": 50}).samples
+        50
+        >>> configured(None, {"sample": 5})
+        Traceback (most recent call last):
+        ...
+        TypeError: smooth() got an unexpected keyword argument 'sample'; did you mean 'samples'?
+    """
+    for name in overrides:
+        if name not in FIELDS:
+            raise TypeError(_unexpected(caller, name, (*FIELDS, *others)))
+    if config is None:
+        return SmoothConfig(**overrides)
+    if not isinstance(config, SmoothConfig):
+        raise TypeError(f"config must be a SmoothConfig, not {type(config).__name__}")
+    return config.replace(**overrides) if overrides else config
+
+
+def _unexpected(caller: str, name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else (
+        f"; the options are {', '.join(FIELDS)}")
+    return f"{caller}() got an unexpected keyword argument {name!r}{hint}"
+
+
+def _flag(name: str, value: object) -> bool:
+    flag = _scalar(value)
+    if isinstance(flag, bool):
+        return flag
+    raise OptionError(f"{name} must be True or False, got {value!r}")
+
+
 def _positive(name: str, value: object, kind: str) -> int:
     number = _scalar(value)
     if not isinstance(number, bool) and isinstance(number, numbers.Integral) and int(number) >= 1:
         return int(number)
-    raise ValueError(f"{name} must be {kind}, got {value!r}")
+    raise OptionError(f"{name} must be {kind}, got {value!r}")
 
 
 def _aggregates(value: object) -> str | tuple[str, ...]:
@@ -192,6 +272,6 @@ def _aggregates(value: object) -> str | tuple[str, ...]:
         value, tuple | list) else (value,)
     bad = [name for name in names if name not in AGGREGATES]
     if bad or not names or len(set(names)) != len(names):
-        raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)} (or a tuple of "
+        raise OptionError(f"aggregate must be one of {', '.join(AGGREGATES)} (or a tuple of "
                          f"distinct ones), got {value!r}")
     return names[0] if len(names) == 1 else names

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from smoothgrad.result import SmoothResult
 
 __all__ = [
-    "Panels", "caption", "figure", "html", "input_picture", "map_picture", "row",
+    "Panels", "caption", "explained", "figure", "html", "input_picture", "map_picture", "row",
     "show",
 ]
 
@@ -91,17 +91,33 @@ def map_picture(attribution: Tensor | npt.ArrayLike, *, colormap: str | None = N
                         activation=activation)
 
 
+def explained(result: SmoothResult[Any], index: int = 0,
+              labels: Sequence[str] | None = None) -> str | None:
+    """The class example ``index`` of ``result`` explains and its probability, as every
+    figure names it (`viz.class_label`); None for a callable target.
+
+    >>> import torch, smoothgrad as sg
+    >>> model = torch.nn.Linear(4, 3).eval()
+    >>> explained(sg.smooth(model, torch.arange(4.0)[None], target=2, samples=2), 0, "abc")[:4]
+    'c (p'
+    """
+    if result.target is None:
+        return None
+    probability = None if result.probability is None else float(result.probability[index])
+    return viz.class_label(int(result.target[index]), probability, labels)
+
+
 def caption(result: SmoothResult[Any], index: int = 0,
             labels: Sequence[str] | None = None, x: Tensor | None = None) -> str:
-    """One line about example ``index``: class, n, σ, relative error and flip rate.
+    """One line about example ``index``: the explained class and its probability, n, σ,
+    relative error and flip rate.
 
     σ is also given as a share of the input's range when ``x`` is known.
     """
     parts = []
-    if result.target is not None:
-        target = int(result.target[index])
-        name = f"{labels[target]} ({target})" if labels and target < len(labels) else None
-        parts.append(f"class {name or target}")
+    name = explained(result, index, labels)
+    if name is not None:
+        parts.append(f"explaining {name}")
     parts.append(f"n = {result.samples}")
     sigma = float(result.sigma[index])
     share = ""

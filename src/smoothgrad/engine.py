@@ -15,23 +15,22 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import Unpack
 
 from smoothgrad import targets
-from smoothgrad.config import SmoothConfig
-from smoothgrad.guard import explaining, gradients_on, reusing_freed_memory
+from smoothgrad.config import SmoothConfig, SmoothOptions, configured
+from smoothgrad.guard import explaining, gradients_on
 from smoothgrad.inputs import Extras, bind, examples, repeat_rows, split_method
-from smoothgrad.methods import BY_NAME, Method, attributed, bounded, resolve_method, rows_per_input
+from smoothgrad.methods import BY_NAME, attributed, bounded, resolve_method, rows_per_input
 from smoothgrad.noise import standard_normal
 from smoothgrad.outputs import pick
-from smoothgrad.result import SmoothResult, relative_error
+from smoothgrad.result import SmoothResult, relative_error, target_probability
 from smoothgrad.stats import SampleStats
 from smoothgrad.tuning import BatchTuner, Passes, default_batch_size
 
@@ -52,45 +51,36 @@ def smooth(
     x: X,
     config: SmoothConfig | None = None,
     *,
-    method: str | Method | Any = "gradient",
     target: targets.Requested = None,
-    samples: int | Literal["auto"] = 50,
-    noise: float | None = None,
-    stdev: float | Tensor | tuple[float | Tensor, ...] | None = None,
-    aggregate: str | tuple[str, ...] = "mean",
-    batch_size: int | Literal["auto"] = "auto",
-    seed: int = 0,
-    antithetic: bool = False,
-    tol: float = 0.05,
-    max_samples: int = 500,
+    method_kwargs: Mapping[str, Any] | None = None,
     progress: Callable[[int], None] | None = None,
-    fast: bool = False,
     callback: Callable[[SmoothResult], None] | None = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     layer: nn.Module | None = None,
     noise_mask: Tensor | None = None,
     output: Callable[[Any], Tensor] | None = None,
-    method_kwargs: Mapping[str, Any] | None = None,
     noise_range: Tensor | tuple[Tensor, ...] | None = None,
-    estimator: Literal["monte_carlo", "mean_field"] = "monte_carlo",
+    **overrides: Unpack[SmoothOptions],
 ) -> SmoothResult[X]:
     """SmoothGrad of `method` for the batch `x` (N, ...): the aggregate of M(x + ε_k) over k.
 
-    The options (method, samples, noise or stdev, aggregate, batch_size, seed, antithetic,
-    tol, max_samples, fast, estimator) are `SmoothConfig`'s, which documents each; `config`
-    gives them as one object, and keywords beside it that are not at their defaults replace
-    its fields.
-
+    - config: the options as one `SmoothConfig` (None: its defaults).
+    - overrides: `SmoothConfig` fields as keywords — method, samples, noise or stdev,
+      aggregate, batch_size, seed, antithetic, tol, max_samples, fast, estimator (see
+      `SmoothConfig` for each). Each one given replaces `config`'s field, whatever its
+      value (`samples=50` beside `SmoothConfig(samples=20)` runs 50); any other name is a
+      TypeError suggesting the closest.
     - target: None explains each example's clean argmax (kept for every noisy copy); an
       int, or N ints, names classes; a callable `output -> (rows,)` gives a custom score.
+    - method_kwargs: extra keywords of the base method (per-example baselines, Captum
+      options).
     - progress: called after each pass with the number of samples it added (progress bars).
     - callback: called after each pass with the running `SmoothResult` so far; an exception
       it raises stops the call.
-
-    Inputs beyond one floating tensor — x a tuple (integer inputs untouched), forward_kwargs,
-    noise at a `layer` with padding masked, `output` picking, `method_kwargs` (per-example
-    baselines, Captum options), per-feature `stdev`/`noise_range` — are described in
-    `smoothgrad.inputs.Extras`; with a tuple x the maps come back as tuples.
+    - forward_kwargs, layer, noise_mask, output, noise_range: inputs beyond one floating
+      tensor — x a tuple (integer inputs untouched), keyword inputs of the model, noise at
+      a `layer` with padding masked, `output` picking, a per-feature range — described in
+      `smoothgrad.inputs.Extras`; with a tuple x the maps come back as tuples.
 
     The model is explained in eval mode with frozen parameters and is restored afterwards;
     the caller's tensors are never written to, and autograd is on for the passes whatever
@@ -98,11 +88,10 @@ def smooth(
     call, at the caller's line. A map that is not finite for a finite input is an error.
     """
     extras = Extras(forward_kwargs, layer, noise_mask, output, noise_range)
-    method, per_call = split_method(method, method_kwargs, examples(x), BY_NAME)
-    options = _options(config, x, extras, method=method, samples=samples, noise=noise,
-                       stdev=stdev, aggregate=aggregate, batch_size=batch_size, seed=seed,
-                       antithetic=antithetic, tol=tol, max_samples=max_samples, fast=fast,
-                       estimator=estimator)
+    options = _options(config, x, extras, overrides)
+    method, per_call = split_method(options.method, method_kwargs, examples(x), BY_NAME)
+    if method is not options.method:
+        options = options.replace(method=method)
     if options.estimator == "mean_field":
         from smoothgrad.meanfield import smooth_mean_field
         if not extras.plain(x) or callback is not None:
@@ -111,10 +100,9 @@ def smooth(
         return smooth_mean_field(model, x, options, target, progress)  # type: ignore[return-value]
     caught: list[warnings.WarningMessage] = []
     try:
-        with explaining(model), gradients_on(), contextlib.ExitStack() as session, \
-                warnings.catch_warnings(record=True) as caught:
+        with explaining(model), gradients_on(), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            run = _Run(model, x, options, target, session, extras, per_call)
+            run = _Run(model, x, options, target, extras, per_call)
             _loop(run, progress, callback)
             result = run.result(final=True)
     finally:
@@ -122,19 +110,16 @@ def smooth(
     return result
 
 
+_KEYWORDS = ("target", "method_kwargs", "progress", "callback", "forward_kwargs", "layer",
+             "noise_mask", "output", "noise_range")
+"""`smooth`'s keywords that are not options (for the unknown-keyword suggestion)."""
+
+
 def _options(config: SmoothConfig | None, x: Any, extras: Extras,
-             **keywords: Any) -> SmoothConfig:
-    """The call's options (`config` with any keyword that is not its default applied), and
-    x checked against them."""
-    if config is None:
-        options = SmoothConfig(**keywords)
-    elif not isinstance(config, SmoothConfig):
-        raise TypeError(f"config must be a SmoothConfig, not {type(config).__name__}")
-    else:
-        defaults = {field.name: field.default for field in dataclasses.fields(SmoothConfig)}
-        changes = {name: value for name, value in keywords.items()
-                   if value is not defaults[name]}
-        options = config.replace(**changes) if changes else config
+             overrides: Mapping[str, Any]) -> SmoothConfig:
+    """The call's options (`config` with every given override applied), and x checked
+    against them."""
+    options = configured(config, overrides, caller="smooth", others=_KEYWORDS)
     if extras.plain(x):
         _check_input(x)
     elif options.fast:
@@ -191,7 +176,7 @@ class _Run:
     """
 
     def __init__(self, model: nn.Module, x: Any, options: SmoothConfig,
-                 target: targets.Requested, session: contextlib.ExitStack, extras: Extras,
+                 target: targets.Requested, extras: Extras,
                  per_call: dict[str, Any]) -> None:
         self.options = options
         subject = extras.prepare(model, x)
@@ -205,6 +190,8 @@ class _Run:
             subject, clean = subject.wrapped(), pick(clean)
         self.subject, self.per_call = subject, subject.at_layer(per_call)
         self.target = targets.resolve(target, clean)
+        self.probability = target_probability(clean, None if callable(self.target)
+                                              else self.target)
         self.sigma = extras.sigma(subject, self.x, options)
         self.inputs, self.shown_sigma = subject.shown(self.sigma)
         if subject.direct and subject.layer is None and not subject.several:
@@ -216,7 +203,6 @@ class _Run:
         if options.fast:
             from smoothgrad.fast import cached_copy
             self.runner = cached_copy(model, self.x.clone(), self.target)
-            session.enter_context(reusing_freed_memory())
         self.explain = resolve_method(options.method)
         self.passes = Passes(model, self.x, method=options.method,
                              batch_size=options.batch_size, fast=options.fast,
@@ -297,7 +283,8 @@ class _Run:
             attribution=maps[main][0], stderr=maps[main][1], samples=self.done,
             target=resolved, sigma=self.shown_sigma, aggregate=main,
             flip_rate=None if resolved is None else self.flips / max(self.done, 1),
-            inputs=self.inputs, method=self.options.method_name, maps=maps)
+            inputs=self.inputs, method=self.options.method_name, probability=self.probability,
+            maps=maps)
 
 
 def _warn_without_range(sigma: Tensor, options: SmoothConfig) -> None:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from smoothgrad.errors import UserError
 from smoothgrad.tables import to_csv as csv_text  # the one CSV writer (pure text, no I/O)
 
 __all__ = ["OutputError", "csv_text", "json_bytes", "npy_bytes", "one_line", "sync_folder",
@@ -40,7 +41,7 @@ TEMPORARY_PREFIX = "."
 _FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
-class OutputError(OSError):
+class OutputError(UserError, OSError):
     """An output file could not be written; the message names the file (one line)."""
 
     def __str__(self) -> str:

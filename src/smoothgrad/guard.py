@@ -3,8 +3,12 @@
 - `explaining(model)`: eval mode and frozen parameters for the call.
 - `gradients_on()`: autograd on inside the block whatever the caller's mode
   (`torch.no_grad`, `torch.inference_mode`), which comes back afterwards.
-- `reusing_freed_memory()`: glibc's malloc keeps freed blocks (the fast path's passes).
 - `cudnn_benchmark(enabled)`: cuDNN's autotuner flag (and, if asked, its deterministic one).
+- `intra_op_threads(count)`: torch's CPU threads per operation (batch runs fix them: the
+  count changes the last bits of a map).
+- `reusing_freed_memory()`: glibc's malloc keeps freed blocks. The one exception: glibc cannot
+  give back its adaptive mmap threshold once any threshold was set, so this is opt-in (no
+  smoothgrad call enters it) and says what it leaves behind.
 
 Example:
     >>> import torch
@@ -30,7 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["cudnn_benchmark", "explaining", "gradients_on", "reusing_freed_memory"]
+__all__ = ["cudnn_benchmark", "explaining", "gradients_on", "intra_op_threads",
+           "reusing_freed_memory"]
 
 
 @contextmanager
@@ -97,6 +102,26 @@ def cudnn_benchmark(enabled: bool, *, deterministic: bool | None = None) -> Iter
         cudnn.benchmark, cudnn.deterministic = before
 
 
+@contextmanager
+def intra_op_threads(count: int) -> Iterator[None]:
+    """torch's intra-op CPU threads set to `count` for the block (`torch.set_num_threads`),
+    then back to what they were.
+
+    >>> before = torch.get_num_threads()
+    >>> with intra_op_threads(1):
+    ...     torch.get_num_threads()
+    1
+    >>> torch.get_num_threads() == before
+    True
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 
@@ -118,13 +143,23 @@ def _glibc() -> Any:
 def reusing_freed_memory() -> Iterator[bool]:
     """Within the block, glibc's malloc keeps freed blocks for reuse; yields whether it could.
 
-    By default glibc maps every allocation over 32 MiB afresh and gives it back on free, so
-    each pass over a large batch page-faults its activations in again and the kernel zeroes
-    them: on a 2-core CPU that was a third of a pass of 16 EfficientNet-Lite0 rows (system
-    time). Here large blocks come from the heap and stay there until the block ends, when
-    the heap is trimmed and the thresholds are left where glibc's own adaptive rule ends up
-    (32 MiB mapping, 64 MiB trimming). The setting is process-wide while the block runs.
-    Elsewhere than Linux with glibc this does nothing.
+    Opt-in, process-wide and not fully undone: no smoothgrad call enters it by itself.
+    By default glibc maps every allocation over its mmap threshold afresh and gives it back
+    on free, so each pass over a large batch page-faults its activations in again and the
+    kernel zeroes them. Here large blocks come from the heap and stay there until the block
+    ends, when the heap is trimmed and the thresholds are set to glibc's adaptive ceilings
+    (32 MiB mapping, 64 MiB trimming). What cannot be restored: setting any of these
+    parameters switches glibc's adaptive threshold off for the rest of the process (glibc has
+    no call to switch it back), so afterwards every block under 32 MiB comes from the heap.
+    Measured on EfficientNet-Lite0 (224×224, n=50, `fast=True`) in BENCHMARKS.md. Elsewhere
+    than Linux with glibc this does nothing.
+
+    Example (a long-running job that explains many images, for which the process-wide
+    change is acceptable)::
+
+        with reusing_freed_memory():
+            for x in batches:
+                sg.smooth(model, x, fast=True)
     """
     libc = _glibc()
     if libc is None:

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from smoothgrad.errors import UserError
+
 __all__ = ["MAX_PIXELS", "ImageError", "load", "sample_images", "sample_path"]
 
 MAX_PIXELS = 100_000_000
@@ -24,7 +26,7 @@ _DATA = Path(__file__).with_name("data")
 _SAMPLES = {"chelsea": "chelsea.jpg", "coffee": "coffee.jpg"}
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """An image cannot be read; the message is one line naming the file."""
 
 

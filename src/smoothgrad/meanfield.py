@@ -41,7 +41,7 @@ from smoothgrad import targets
 from smoothgrad.gates import GATED, GateMode, module_names
 from smoothgrad.guard import explaining
 from smoothgrad.noise import noise_scale, standard_normal
-from smoothgrad.result import SmoothResult, relative_error
+from smoothgrad.result import SmoothResult, relative_error, target_probability
 
 if TYPE_CHECKING:
     from smoothgrad.config import SmoothConfig
@@ -72,8 +72,9 @@ class MeanFieldResult:
 
     attribution: the mean-field map. stderr: its per-element standard error from the
     jackknife over `groups` groups of the noisy copies (sampling error only, not the
-    mean-field bias). samples: noisy forward copies per example. target, sigma, flip_rate:
-    as in `smooth`. sites: activation calls gated. validation: see `Validation`, or None.
+    mean-field bias). samples: noisy forward copies per example. target, sigma, flip_rate,
+    probability: as in `smooth`. sites: activation calls gated. validation: see
+    `Validation`, or None.
     """
 
     attribution: Tensor
@@ -85,6 +86,7 @@ class MeanFieldResult:
     gates: str
     sites: int
     validation: Validation | None
+    probability: Tensor | None = None
 
     def relative_error(self) -> Tensor:
         """‖stderr‖ / ‖map‖ per example (sampling error only; see `validation` for bias)."""
@@ -161,7 +163,8 @@ def mean_field(
         attribution=attribution.to(x.dtype), stderr=stderr.to(x.dtype), samples=samples,
         target=None if callable(resolved) else resolved, sigma=sigma,
         flip_rate=None if flips is None else flips / samples, gates=gates,
-        sites=len(mode.sites), validation=validation)
+        sites=len(mode.sites), validation=validation,
+        probability=target_probability(clean_output, None if callable(resolved) else resolved))
 
 
 def _check_arguments(x: object, method: str, gates: str, noise: object, stdev: object,
@@ -312,4 +315,4 @@ def smooth_mean_field(model: nn.Module, x: object, options: SmoothConfig, target
     return SmoothResult(
         attribution=result.attribution, stderr=result.stderr, samples=result.samples,
         target=result.target, sigma=result.sigma, flip_rate=result.flip_rate, aggregate="mean",
-        inputs=x, method=options.method_name)
+        inputs=x, method=options.method_name, probability=result.probability)

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from smoothgrad.display import Panels
 
-__all__ = ["SmoothResult", "relative_error"]
+__all__ = ["SmoothResult", "relative_error", "target_probability"]
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,10 @@ class SmoothResult(Generic[M]):
     flip_rate: (N,) share of noisy copies whose predicted class differs from the target
     (None for a callable target). aggregate: the aggregation of `attribution`.
     inputs: the explained clean input (a reference to the caller's tensor, not a copy).
-    method: the base method's name. aggregates: every aggregate computed in the same passes
-    (`aggregate` first); `select(name)` gives the result for any of them.
+    method: the base method's name. probability: (N,) the target's softmax probability in
+    the clean output (the class probability for a model that outputs logits), None for a
+    callable target. aggregates: every aggregate computed in the same passes (`aggregate`
+    first); `select(name)` gives the result for any of them.
     """
 
     attribution: M
@@ -54,6 +56,7 @@ class SmoothResult(Generic[M]):
     aggregate: str
     inputs: M | None = None
     method: str = ""
+    probability: Tensor | None = None
     maps: dict[str, tuple[M, M]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -90,6 +93,18 @@ class SmoothResult(Generic[M]):
         from smoothgrad import display
 
         return display.html(self)
+
+
+def target_probability(clean_output: Tensor, target: Tensor | None) -> Tensor | None:
+    """Each row's softmax probability of its `target` class, (N,); None without classes.
+
+    >>> target_probability(torch.tensor([[0.0, 0.0], [2.0, 0.0]]), torch.tensor([1, 0]))
+    tensor([0.5000, 0.8808])
+    """
+    if target is None:
+        return None
+    probabilities = clean_output.detach().float().softmax(dim=1)
+    return probabilities.gather(1, target.reshape(-1, 1).to(probabilities.device)).squeeze(1)
 
 
 def _flat(value: Tensor | tuple[Tensor, ...]) -> Tensor:

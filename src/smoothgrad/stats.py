@@ -17,7 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["AGGREGATES", "AGGREGATE_TITLES", "PairMoments", "RunningMoments", "SampleStats"]
+__all__ = ["AGGREGATES", "AGGREGATE_FILE_NAMES", "AGGREGATE_TITLES", "PairMoments",
+           "RunningMoments", "SampleStats"]
 
 AGGREGATES = ("mean", "abs", "square", "var")
 """mean: SmoothGrad; abs: mean of |M|; square: SmoothGrad² (mean of M²); var: VarGrad."""
@@ -25,6 +26,10 @@ AGGREGATES = ("mean", "abs", "square", "var")
 AGGREGATE_TITLES = {"mean": "SmoothGrad", "abs": "SmoothGrad |·|", "square": "SmoothGrad²",
                     "var": "VarGrad"}
 """Each aggregate's name as figures, tables and pages show it."""
+
+AGGREGATE_FILE_NAMES = {"mean": "smoothgrad", "abs": "abs", "square": "square",
+                        "var": "vargrad"}
+"""Each aggregate's name in output file names (``cat_gradient_square.npy``)."""
 
 
 def _stats_dtype(device: torch.device | str) -> torch.dtype:

@@ -25,9 +25,14 @@ from smoothgrad.hf import TextModel
 from smoothgrad.result import SmoothResult
 from smoothgrad.tokens import Normalize, TokenScores, html_page, token_scores
 
-__all__ = ["GenerationResult", "TextMaps", "default_reduce", "explain_generation", "explain_text"]
+__all__ = ["TEXT_METHODS", "GenerationResult", "TextMaps", "default_reduce",
+           "explain_generation", "explain_text"]
 
 _SIGNED = ("input_x_gradient", "integrated_gradients", "deeplift")
+TEXT_METHODS = ("gradient", "input_x_gradient", "guided_backprop", "integrated_gradients",
+                "deeplift")
+"""The built-in methods that explain a text at its embeddings (Grad-CAM needs a
+convolution's channels, which a transformer has not)."""
 
 
 def default_reduce(method: object) -> str:
@@ -37,10 +42,12 @@ def default_reduce(method: object) -> str:
 
 @dataclass(frozen=True)
 class TextMaps:
-    """The smoothing result (at the embedding layer) and one `TokenScores` per text."""
+    """The smoothing result (at the embedding layer), one `TokenScores` per text, and the
+    model's class probabilities for each (clean) text, (N, classes)."""
 
     result: SmoothResult
     texts: list[TokenScores]
+    probabilities: torch.Tensor | None = None
 
     def _repr_html_(self) -> str:
         return "\n".join(text._repr_html_() for text in self.texts)
@@ -64,6 +71,9 @@ def explain_text(
 
     `reduce`: "sum", "norm" or "dot" (see `smoothgrad.tokens`); None picks
     `default_reduce(method)`. `options` go to `smooth` (samples, noise, target, seed, ...).
+    Texts longer than `max_length` tokens are cut there; by default at the most the model
+    takes, with a warning saying how many tokens each text lost (`TextModel.encode`).
+    Methods that work at the embeddings: `TEXT_METHODS`, or any callable.
     """
     encoded = model.encode(texts, max_length=max_length)
     result = smooth(model, encoded.input_ids, method=method, layer=model.embeddings,
@@ -83,4 +93,4 @@ def explain_text(
             model.tokens(encoded.input_ids[i], keep), scores[i][keep],
             label=None if label is None else model.labels[label],
             probability=None if label is None else float(probabilities[i, label])))
-    return TextMaps(result, shown)
+    return TextMaps(result, shown, probabilities)

@@ -35,7 +35,8 @@ from torch import Tensor
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["REDUCTIONS", "Normalize", "Reduction", "TokenScores", "html_page", "token_scores"]
+__all__ = ["REDUCTIONS", "Normalize", "Reduction", "TokenScores", "contrast", "html_page", "ink",
+           "token_scores"]
 
 Reduction = Literal["sum", "norm", "dot"]
 Normalize = Literal["l1", "l2"] | None
@@ -78,6 +79,34 @@ def token_scores(
     return scores
 
 
+def _luminance(rgb: Sequence[float]) -> float:
+    """WCAG 2 relative luminance of an sRGB colour given as 0..255 channels."""
+    linear = [c / 255 / 12.92 if c / 255 <= 0.04045 else ((c / 255 + 0.055) / 1.055) ** 2.4
+              for c in rgb]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast(first: Sequence[float], second: Sequence[float]) -> float:
+    """WCAG 2 contrast ratio of two RGB colours (0..255), from 1 (none) to 21.
+
+    >>> round(contrast((0, 0, 0), (255, 255, 255)), 1)
+    21.0
+    """
+    light, dark = sorted((_luminance(first), _luminance(second)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def ink(background: Sequence[float]) -> tuple[int, int, int]:
+    """Black or white, whichever contrasts more with `background` (RGB, 0..255): the text
+    colour of a token drawn on it.
+
+    >>> ink((103, 0, 31)), ink((247, 247, 247))
+    ((255, 255, 255), (0, 0, 0))
+    """
+    black, white = (0, 0, 0), (255, 255, 255)
+    return black if contrast(background, black) >= contrast(background, white) else white
+
+
 def html_page(heading: str, body: str) -> str:
     """A standalone UTF-8 HTML page: `heading` (escaped) above `body` (HTML)."""
     title = html.escape(heading)
@@ -118,9 +147,10 @@ class TokenScores:
                 for v in self.values]
 
     def title(self) -> str:
-        if self.label is None:
-            return ""
-        return self.label + ("" if self.probability is None else f" ({self.probability:.3f})")
+        """The explained class and its probability, as every figure names it."""
+        from smoothgrad.viz import class_label
+
+        return "" if self.label is None else class_label(self.label, self.probability)
 
     def to_text(self) -> str:
         """Plain text: each token with its score."""
@@ -131,17 +161,17 @@ class TokenScores:
         """Tokens on coloured backgrounds (24-bit terminal colours)."""
         parts = []
         for token, (r, g, b) in zip(self.tokens, self.colors(), strict=True):
-            ink = "30" if (r + g + b) > 380 else "97"
-            parts.append(f"\x1b[48;2;{r};{g};{b}m\x1b[{ink}m {token} \x1b[0m")
+            text = "30" if ink((r, g, b)) == (0, 0, 0) else "97"
+            parts.append(f"\x1b[48;2;{r};{g};{b}m\x1b[{text}m {token} \x1b[0m")
         return "".join(parts)
 
     def _repr_html_(self) -> str:
         spans = []
         for token, value, (r, g, b) in zip(self.tokens, self.values, self.colors(), strict=True):
+            text = "rgb({},{},{})".format(*ink((r, g, b)))
             spans.append(f'<span title="{value:+.4f}" style="background: rgb({r},{g},{b}); '
                          f'padding: 1px 3px; margin: 1px; border-radius: 3px; '
-                         f'color: {"#000" if (r + g + b) > 380 else "#fff"}">'
-                         f"{html.escape(token)}</span>")
+                         f'color: {text}">{html.escape(token)}</span>')
         title = f"<div><b>{html.escape(self.title())}</b></div>" if self.label else ""
         return (f'<div style="font-family: monospace; line-height: 1.9">{title}'
                 f'{" ".join(spans)}</div>')
@@ -167,11 +197,11 @@ class TokenScores:
         colors = self.colors()
         for row, line in enumerate(lines):
             for col, i in enumerate(line):
-                r, g, b = colors[i]
                 axes.text(col + 0.5, row + 0.5, self.tokens[i], ha="center", va="center",
                           fontsize=8, family="monospace",
-                          bbox={"facecolor": (r / 255, g / 255, b / 255), "edgecolor": "none",
-                                "boxstyle": "round,pad=0.25"})
+                          color=tuple(c / 255 for c in ink(colors[i])),
+                          bbox={"facecolor": tuple(c / 255 for c in colors[i]),
+                                "edgecolor": "none", "boxstyle": "round,pad=0.25"})
         if self.label:
             axes.set_title(self.title(), fontsize=9)
         top = max((abs(v) for v in self.values), default=0.0) or 1.0

@@ -36,9 +36,10 @@ class Job:
     ``input`` is a folder, a list file, a glob or an image (see :func:`collect`); ``figures``
     is the style of the PNG maps, or None for none; ``target`` a class index or label, None
     for each image's prediction; ``workers`` decoding processes per rank (None: automatic);
-    ``progress`` shows a progress bar on a terminal; ``smoothing`` the options of
-    :func:`smoothgrad.smooth` (its ``batch_size="auto"`` means the device's fixed default
-    here, so reruns are exact).
+    ``threads`` torch's intra-op CPU threads in every rank (None: the count recorded in
+    ``out`` by an earlier run, else this process's); ``progress`` shows a progress bar on a
+    terminal; ``smoothing`` the options of :func:`smoothgrad.smooth` (its
+    ``batch_size="auto"`` means the device's fixed default here, so reruns are exact).
     """
 
     input: str
@@ -54,6 +55,7 @@ class Job:
     workers: int | None = None
     overwrite: bool = False
     progress: bool = True
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         checks = [(isinstance(self.smoothing.method, str),
@@ -61,13 +63,18 @@ class Job:
                   (self.dtype in DTYPES, f"dtype {self.dtype!r} is not one of "
                                          f"{', '.join(DTYPES)}"),
                   (self.weights is None or os.path.isfile(self.weights),
-                   f"--weights: no such file '{self.weights}'")]
+                   f"--weights: no such file '{self.weights}'"),
+                  (self.threads is None or (isinstance(self.threads, int)
+                                            and self.threads >= 1),
+                   f"threads must be a positive integer, got {self.threads!r}")]
         for ok, message in checks:
             if not ok:
                 raise BatchError(message)
 
-    def settings(self, model: nn.Module, device: torch.device, target: int | None) -> Settings:
-        """The manifest of this job with `model` (the user's module) on `device`."""
+    def settings(self, model: nn.Module, device: torch.device, target: int | None, *,
+                 keys: str, threads: int) -> Settings:
+        """The manifest of this job with `model` (the user's module) on `device`, its outputs
+        keyed as `keys` says (`store.keys_option`), run with `threads` intra-op threads."""
         config = self.smoothing
         rows = default_batch_size(device) if config.batch_size == "auto" else config.batch_size
         group = images_per_batch(self.images_per_batch, rows, config.samples)
@@ -83,15 +90,18 @@ class Job:
             "antithetic": config.antithetic,
             "target": target,
             "dtype": self.dtype,
+            "keys": keys,
         }
         if config.fast:
             options["fast"] = True
         if config.samples == "auto":
             options.update(tol=config.tol, max_samples=config.max_samples)
         numerics = {"device": device.type, "batch_size": rows, "images_per_batch": group,
-                    "threads": torch.get_num_threads() if device.type == "cpu" else None,
+                    "threads": threads if device.type == "cpu" else None,
                     "torch": torch.__version__, "smoothgrad": smoothgrad.__version__}
-        figures = asdict(self.figures) if self.figures is not None else None
+        # "labelled": figures name their class (issue 23); older runs' figures are redrawn
+        figures = (None if self.figures is None
+                   else {**asdict(self.figures), "labelled": True})
         return Settings(options, numerics, rows, group, target, figures)
 
 

@@ -26,12 +26,14 @@ from torch import Tensor
 from smoothgrad import guard, models, viz
 from smoothgrad.batch import sources as inputs
 from smoothgrad.batch.job import Job
-from smoothgrad.batch.sources import BatchError, Decoded, Source, collect
+from smoothgrad.batch.sources import BatchError, Decoded, Source, collect, key_root
 from smoothgrad.batch.store import (
     Lock,
     Plan,
     Settings,
+    earlier_run,
     groups_for,
+    keys_option,
     plan,
     read_record,
     write_failure,
@@ -84,6 +86,7 @@ class _Context:
     model: models.LoadedModel
     conf: Settings
     plan: Plan
+    threads: int
 
 
 def run(job: Job) -> Summary:
@@ -99,8 +102,9 @@ def run(job: Job) -> Summary:
     try:
         with _exact_cudnn(world.device):
             context = _start(job, world, lock)
-            stats = _explain_all(context)
-            stats["drawn"] = _draw_all(context) if job.figures is not None else 0
+            with guard.intra_op_threads(context.threads):
+                stats = _explain_all(context)
+                stats["drawn"] = _draw_all(context) if job.figures is not None else 0
             return _finish(context, stats, time.perf_counter() - started)
     except ValueError:
         if world.rank == 0:
@@ -121,12 +125,10 @@ def _exact_cudnn(device: torch.device) -> contextlib.AbstractContextManager[None
 def _start(job: Job, world: World, lock: Lock) -> _Context:
     """Find the inputs and load the model (every rank); rank 0 plans, every rank learns it."""
     found: list[Source] | str = []
+    root, threads = None, job.threads
     if world.rank == 0:
-        try:
-            found = collect(job.input, job.out)
-        except BatchError as exc:
-            found = str(exc)
-    found = world.broadcast(found)
+        found, root, threads = _inputs(job)
+    found, root, threads = world.broadcast((found, root, threads))
     if isinstance(found, str):
         raise BatchError(found)
     model = models.load(job.model, weights=job.weights, device=world.device)
@@ -134,7 +136,8 @@ def _start(job: Job, world: World, lock: Lock) -> _Context:
         target = None if job.target is None else model.class_index(job.target)
     except models.ModelError as exc:
         raise BatchError(f"--{exc}") from None
-    conf = job.settings(model.module, world.device, target)
+    conf = job.settings(model.module, world.device, target, keys=keys_option(root),
+                        threads=threads)
     made = Plan()
     if world.rank == 0:
         try:
@@ -149,7 +152,23 @@ def _start(job: Job, world: World, lock: Lock) -> _Context:
     if world.rank == 0:
         for warning in made.warnings:
             warnings.warn(warning, RunWarning, stacklevel=3)
-    return _Context(job, world, model, conf, made)
+    return _Context(job, world, model, conf, made, threads)
+
+
+def _inputs(job: Job) -> tuple[list[Source] | str, str | None, int]:
+    """Rank 0: the inputs (or why there are none) keyed as the run in DIR keys them (so a
+    folder and a glob of it resume each other; a new run, or --overwrite, keys them its own
+    way), the folder that keys them, and the intra-op threads of every rank: --threads,
+    else the earlier run's count (exact resume, also under torchrun), else this process's."""
+    earlier = earlier_run(job.out)
+    root = key_root(job.input)
+    if earlier is not None and not job.overwrite:
+        root = earlier.key_root(root)
+    threads = job.threads or (earlier.threads if earlier else None) or torch.get_num_threads()
+    try:
+        return collect(job.input, job.out, root), root, threads
+    except BatchError as exc:
+        return str(exc), root, threads
 
 
 def _explain_all(context: _Context) -> dict[str, Any]:
@@ -255,7 +274,8 @@ def _save(context: _Context, source: Source, done: Outcome) -> dict[str, Any]:
     job, labels = context.job, context.model.labels
     arrays = {"arrays": done.attribution.detach().cpu().numpy().astype(job.dtype),
               "stderr": done.stderr.detach().cpu().numpy().astype(job.dtype)}
-    figure = None if job.figures is None else _figure(job.figures, arrays["arrays"])
+    figure = None if job.figures is None else _figure(
+        job.figures, arrays["arrays"], viz.class_label(done.target, done.probability, labels))
     record = {"path": source.path, "key": source.key, "status": "ok",
               "array": source.output(Path(), "arrays").as_posix(),
               "stderr": source.output(Path(), "stderr").as_posix(), "target": done.target,
@@ -267,9 +287,11 @@ def _save(context: _Context, source: Source, done: Outcome) -> dict[str, Any]:
     return write_outputs(source, job.out, arrays, figure, record)
 
 
-def _figure(style: viz.Style, array: np.ndarray[Any, Any]) -> bytes:
-    """The PNG of a stored attribution array: figures depend on the arrays only."""
-    return viz.png_bytes(style.picture(np.asarray(array, dtype=np.float32)))
+def _figure(style: viz.Style, array: np.ndarray[Any, Any], label: str) -> bytes:
+    """The PNG of a stored attribution array with the class it explains written under it:
+    figures depend on the arrays and records only."""
+    picture = style.picture(np.asarray(array, dtype=np.float32))
+    return viz.png_bytes(viz.captioned(picture, label))
 
 
 def _draw_all(context: _Context) -> int:
@@ -280,9 +302,12 @@ def _draw_all(context: _Context) -> int:
     drawn = 0
     for position in context.plan.draw[world.rank::world.size]:
         source = sources[position]
+        record = read_record(source, job.out) or {}
+        label = viz.class_label(record.get("target", -1), record.get("probability"),
+                                context.model.labels)
         try:
             array = np.load(source.output(job.out, "arrays"), allow_pickle=False)
-            write_figure(source, job.out, _figure(job.figures, array))
+            write_figure(source, job.out, _figure(job.figures, array, label))
             drawn += 1
         except OutputError:
             raise

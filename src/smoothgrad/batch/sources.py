@@ -22,10 +22,11 @@ from PIL import Image
 from torch import Tensor
 
 from smoothgrad import images
+from smoothgrad.errors import UserError
 from smoothgrad.files import one_line
 
 __all__ = ["IMAGE_SUFFIXES", "SUFFIXES", "BatchError", "Decoded", "Source", "collect",
-           "decode", "output_clashes", "workers"]
+           "decode", "key_root", "output_clashes", "workers"]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif",
                             ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"})
@@ -35,7 +36,7 @@ SUFFIXES = {"arrays": ".npy", "stderr": ".npy", "figures": ".png", "records": ".
 """The output trees of a run and the ending their files get."""
 
 
-class BatchError(ValueError):
+class BatchError(UserError, ValueError):
     """A batch run cannot start (bad input, a locked or foreign output folder); one line."""
 
 
@@ -51,14 +52,27 @@ class Source:
         return out / tree / f"{self.key}{SUFFIXES[tree]}"
 
 
-def collect(spec: str, out: Path | None = None) -> list[Source]:
+_OWN = object()
+
+
+def key_root(spec: str) -> str | None:
+    """The folder whose paths key INPUT `spec`'s outputs: the folder itself, as an absolute
+    path, for a folder; None (absolute paths) for a list, a glob or an image."""
+    return os.path.abspath(spec) if os.path.isdir(spec) else None
+
+
+def collect(spec: str, out: Path | None = None, root: str | object | None = _OWN
+            ) -> list[Source]:
     """The images named by INPUT `spec`, sorted by key, without duplicates.
 
     A folder is searched recursively for IMAGE_SUFFIXES files (skipping names that start
-    with "." and the folder `out`); keys are paths relative to it. A file with an image
-    suffix is one image; any other file is a list of paths; anything else is a glob
-    (matches are filtered to IMAGE_SUFFIXES files). Those three are keyed by their absolute
-    path without the anchor. Raises BatchError when nothing is found.
+    with "." and the folder `out`). A file with an image suffix is one image; any other file
+    is a list of paths; anything else is a glob (matches are filtered to IMAGE_SUFFIXES
+    files). Keys are paths relative to `root`, by default `key_root(spec)`: inside the
+    folder for a folder, else the absolute path without the anchor (also for `root=None`).
+    A resumed run passes the root of the run in its folder, so the same images get the
+    same keys whichever way they are named; an image outside it is a BatchError. Raises
+    BatchError when nothing is found.
 
     Example:
         >>> from smoothgrad import images
@@ -70,36 +84,46 @@ def collect(spec: str, out: Path | None = None) -> list[Source]:
     if path.is_dir():
         found = _walk(path, out)
     elif path.is_file():
-        found = [_absolute(spec)] if _is_image_name(spec) else _read_list(path)
+        found = [os.path.abspath(spec)] if _is_image_name(spec) else _read_list(path)
     elif any(char in spec for char in "*?["):
         import glob
 
-        found = [_absolute(match) for match in glob.glob(spec, recursive=True)
+        found = [os.path.abspath(match) for match in glob.glob(spec, recursive=True)
                  if _is_image_name(match) and os.path.isfile(match)]
     else:
         raise BatchError(f"INPUT '{spec}': no such folder, file or glob matches")
-    unique = sorted(set(found))
+    folder = key_root(spec) if root is _OWN else root
+    assert folder is None or isinstance(folder, str)
+    unique = sorted({_keyed(full, folder, spec) for full in found})
     if not unique:
         raise BatchError(f"INPUT '{spec}': no image files found")
     return unique
+
+
+def _keyed(full: str, root: str | None, spec: str) -> Source:
+    """`full` (an absolute path) keyed by its path inside `root`, or absolutely (None)."""
+    if root is None:
+        return _absolute(full)
+    inside = os.path.relpath(full, root)
+    if inside == os.pardir or inside.startswith(os.pardir + os.sep) or os.path.isabs(inside):
+        raise BatchError(f"INPUT '{spec}' names '{full}', which is not in '{root}': --out "
+                         f"holds a run of that folder, its outputs keyed by the path inside "
+                         "it; use another --out (or --overwrite to discard the earlier run)")
+    return Source(PurePath(inside).as_posix(), full)
 
 
 def _is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
-def _walk(root: Path, out: Path | None) -> list[Source]:
+def _walk(root: Path, out: Path | None) -> list[str]:
     skip = os.path.realpath(out) if out is not None else None
-    base = os.path.abspath(root)
     found = []
-    for folder, dirs, files in os.walk(base):
+    for folder, dirs, files in os.walk(os.path.abspath(root)):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
                          and os.path.realpath(os.path.join(folder, d)) != skip)
-        for name in files:
-            if not name.startswith(".") and _is_image_name(name):
-                full = os.path.join(folder, name)
-                key = PurePath(os.path.relpath(full, base)).as_posix()
-                found.append(Source(key, full))
+        found += [os.path.join(folder, name) for name in files
+                  if not name.startswith(".") and _is_image_name(name)]
     return found
 
 
@@ -112,7 +136,7 @@ def _absolute(path: str) -> Source:
     return Source("/".join(parts), full)
 
 
-def _read_list(path: Path) -> list[Source]:
+def _read_list(path: Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -123,7 +147,7 @@ def _read_list(path: Path) -> list[Source]:
     for line in text.splitlines():
         entry = line.strip()
         if entry and not entry.startswith("#"):
-            found.append(_absolute(os.path.join(base, entry)))
+            found.append(os.path.abspath(os.path.join(base, entry)))
     return found
 
 

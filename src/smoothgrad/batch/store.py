@@ -38,9 +38,9 @@ from smoothgrad.files import (
     write_atomically,
 )
 
-__all__ = ["INDEX", "INDEX_COLUMNS", "LOCK", "MANIFEST", "Lock", "Plan", "Settings",
-           "groups_for", "model_fingerprint", "plan", "read_record", "write_failure",
-           "write_figure", "write_index", "write_outputs"]
+__all__ = ["INDEX", "INDEX_COLUMNS", "LOCK", "MANIFEST", "Earlier", "Lock", "Plan", "Settings",
+           "earlier_run", "groups_for", "keys_option", "model_fingerprint", "plan",
+           "read_record", "write_failure", "write_figure", "write_index", "write_outputs"]
 
 INDEX_COLUMNS = ("path", "array", "status", "target", "label", "probability", "samples",
                  "flip_rate", "relative_error", "converged", "error")
@@ -141,6 +141,64 @@ class Settings:
                 "figures": figures}
 
 
+def keys_option(root: str | None) -> str:
+    """How a run keys its outputs, as run.json records it (an option: it must not change).
+
+    >>> keys_option("/data/photos"), keys_option(None)
+    ('paths inside /data/photos', 'absolute paths')
+    """
+    return "absolute paths" if root is None else f"paths inside {root}"
+
+
+@dataclass(frozen=True)
+class Earlier:
+    """What a resumed run takes from the run already in DIR: how it keys its outputs
+    (`keys_option`; None: not known yet, no image finished) and its intra-op thread count
+    (None: not recorded, e.g. a GPU run)."""
+
+    keys: str | None
+    threads: int | None
+
+    def key_root(self, default: str | None) -> str | None:
+        """The folder that keys the outputs (None: absolute paths); `default` if unknown."""
+        if self.keys is None:
+            return default
+        return None if self.keys == "absolute paths" else self.keys.removeprefix(
+            "paths inside ")
+
+
+def earlier_run(out: Path) -> Earlier | None:
+    """The run in `out`, or None when there is none (or none that can be read: `plan`
+    says why). Runs from before the keys were recorded tell them by a record."""
+    try:
+        manifest = _read_manifest(out)
+    except (BatchError, OSError):
+        return None
+    if manifest is None:
+        return None
+    keys = manifest["options"].get("keys") or _keys_of_records(out)
+    numerics = manifest.get("numerics")
+    threads = numerics.get("threads") if isinstance(numerics, dict) else None
+    return Earlier(keys if isinstance(keys, str) else None,
+                   threads if isinstance(threads, int) and threads > 0 else None)
+
+
+def _keys_of_records(out: Path) -> str | None:
+    """`keys_option` of the run in `out` told by one of its records, None without any."""
+    for folder, _, files in os.walk(out / "records"):
+        for name in files:
+            try:
+                record = json.loads(Path(folder, name).read_text(encoding="utf-8"))
+                key, path = str(record["key"]), str(record["path"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if path.replace(os.sep, "/").endswith("/" + key.lstrip("/")):
+                root = path[:len(path) - len(key) - 1]
+                return keys_option(None if root in ("", os.path.splitdrive(path)[0])
+                                   else root)
+    return None
+
+
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [f"{name} {old.get(name)!r} -> {new.get(name)!r}"
             for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
@@ -239,6 +297,7 @@ def _check_manifest(out: Path, conf: Settings, overwrite: bool, warnings: list[s
         write_atomically(out / MANIFEST, json_bytes(conf.manifest(conf.figures)))
         return False
     options = {k: v for k, v in old["options"].items() if k != "figures"}  # format 1 had it
+    options.setdefault("keys", _keys_of_records(out) or conf.options.get("keys"))  # older runs
     if options != conf.options:
         changes = _differences(options, conf.options)
         if not overwrite:

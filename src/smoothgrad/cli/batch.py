@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from smoothgrad import batch
-from smoothgrad.cli.common import say
+from smoothgrad.cli.common import check_output_folder, say
 from smoothgrad.cli.options import (
     add_figure_options,
     add_method_option,
@@ -21,6 +21,7 @@ from smoothgrad.cli.options import (
     add_target_option,
     batch_size_arg,
     non_negative_int,
+    positive_int,
     smoothing,
     style,
 )
@@ -38,7 +39,8 @@ EPILOG = """examples:
       -m smoothgrad batch photos/ --out /shared/maps/ --device cuda
 
 outputs: DIR/arrays/KEY.npy (KEY: the path inside a folder INPUT, else the absolute path without
-  its leading /), DIR/stderr/KEY.npy (standard errors), DIR/figures/KEY.png with --figures (add
+  its leading /; a rerun keeps the keys of the run in DIR, so a glob of the folder resumes
+  it), DIR/stderr/KEY.npy (standard errors), DIR/figures/KEY.png with --figures (add
   it to a finished run to draw them from the arrays), DIR/index.csv, DIR/run.json (options
   checked on rerun), DIR/records/KEY.json (finished marks). --batch-size auto is the device's
   fixed default here (8 rows on CPU, 64 on CUDA), not the timing-based tuning, so reruns are exact.
@@ -73,6 +75,11 @@ def add(commands: Any) -> None:
     parser.add_argument("--workers", type=non_negative_int, default=None, metavar="N",
                         help="image-decoding processes per rank (default: up to 4, "
                              "by CPUs per rank; 0 decodes in the main process)")
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                        help="torch's CPU threads per process, recorded in DIR/run.json "
+                             "(default: the recorded count when resuming, else torch's: the "
+                             "CPU count, 1 under torchrun); maps are identical bit for bit "
+                             "for the same count, whatever the number of processes")
     parser.add_argument("--overwrite", action="store_true",
                         help="if DIR holds a run with other options, discard it and start over")
     add_figure_options(parser)
@@ -86,12 +93,14 @@ def job(args: argparse.Namespace) -> batch.Job:
         input=args.input, out=args.out, smoothing=smoothing(args), model=args.model,
         weights=args.weights, device=args.device, target=args.target, dtype=args.dtype,
         figures=shown if args.figures else None, images_per_batch=args.images_per_batch,
-        workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
+        workers=args.workers, threads=args.threads, overwrite=args.overwrite,
+        progress=not args.quiet)
 
 
 def run(args: argparse.Namespace) -> int:
     """`smoothgrad batch`; returns the exit code (0 ok, 1 some images failed, 2 bad usage)."""
     todo = job(args)
+    check_output_folder(args.out)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore" if args.quiet else "always", batch.RunWarning)
         summary = batch.run(todo)

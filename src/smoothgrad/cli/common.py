@@ -8,18 +8,20 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from smoothgrad import evaluation, models
 from smoothgrad.cli.parser import UsageError
-from smoothgrad.files import csv_text, write_atomically
+from smoothgrad.files import csv_text, one_line, write_atomically
 
-__all__ = ["DEMO_METHODS", "check_output_file", "load_model", "progress_bars", "say",
-           "target_of", "unique_names", "write_tables"]
+__all__ = ["DEMO_METHODS", "check_output_file", "check_output_folder", "load_model",
+           "progress_bars", "say", "target_of", "unique_names", "write_tables"]
 
 DEMO_METHODS = ("gradient", "guided_backprop")
 
@@ -37,14 +39,48 @@ def unique_names(paths: Sequence[str]) -> list[str]:
     return names
 
 
+def check_output_folder(path: Path, option: str = "--out") -> None:
+    """Refuse, before any work, an output folder that exists as a file or cannot be created
+    or written into (a read-only folder or file system, /proc/...): one line naming `option`.
+
+    The folder is really tried — its missing parents created and a file written in it —
+    and everything the try made is removed again.
+    """
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option}: '{path}' exists and is not a folder")
+    made: list[Path] = []
+    try:
+        for folder in reversed([path, *path.parents]):
+            if not folder.exists():
+                folder.mkdir()
+                made.append(folder)
+        descriptor, probe = tempfile.mkstemp(dir=path, prefix=".smoothgrad-probe-")
+        os.close(descriptor)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or one_line(exc)
+        raise UsageError(f"{option}: cannot write into '{path}': {reason}") from None
+    finally:
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
 def check_output_file(path: Path | None, option: str, out: Path | None = None) -> None:
-    """Refuse an output file whose folder does not exist (and is not the output folder
-    `out`, which the command creates), before any computation."""
-    if path is None or path.parent.is_dir():
+    """Refuse, before any work, an output file that is a folder or whose folder does not
+    exist (unless it is the output folder `out`, which the command creates) or cannot be
+    written into."""
+    if path is None:
         return
-    if out is not None and os.path.abspath(path.parent) == os.path.abspath(out):
+    if path.is_dir():
+        raise UsageError(f"{option}: '{path}' is a folder, not a file")
+    folder = path.parent
+    if out is not None and os.path.abspath(folder) == os.path.abspath(out):
+        check_output_folder(out, "--out")
         return
-    raise UsageError(f"{option}: no such folder '{path.parent}'")
+    if not folder.is_dir():
+        raise UsageError(f"{option}: no such folder '{folder}'")
+    check_output_folder(folder, option)
 
 
 def load_model(args: argparse.Namespace) -> models.LoadedModel:
@@ -66,15 +102,9 @@ def target_of(args: argparse.Namespace, model: models.LoadedModel) -> int | None
 
 def say(args: argparse.Namespace, text: str) -> None:
     """Print `text` unless --quiet. A closed stdout (``smoothgrad ... | head -1``) is not an
-    error: the rest of the output is dropped and the work goes on."""
-    if args.quiet:
-        return
-    try:
+    error: `main` runs every command with survivable streams (`streams.survivable`)."""
+    if not args.quiet:
         print(text, flush=True)
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)  # later writes and the exit flush go here
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
 
 
 def progress_bars(args: argparse.Namespace) -> evaluation.Progress | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from smoothgrad import images, viz
-from smoothgrad.cli.common import DEMO_METHODS, load_model, say
+from smoothgrad.cli.common import DEMO_METHODS, check_output_folder, load_model, say
 from smoothgrad.cli.explain import describe, explain_image, method_figure
 from smoothgrad.cli.options import (
     add_figure_options,
@@ -30,6 +30,7 @@ __all__ = ["add", "run"]
 def run(args: argparse.Namespace) -> int:
     """`smoothgrad demo`: the tutorial's figures for the bundled photos."""
     shown, config = style(args), smoothing(args)
+    check_output_folder(args.out)
     model = load_model(args)
     samples = images.sample_images()
     loaded = {name: images.load(path) for name, path in samples.items()}

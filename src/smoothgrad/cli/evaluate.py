@@ -26,7 +26,10 @@ from smoothgrad.cli.options import (
     add_model_options,
     add_smoothing_options,
     list_arg,
+    metric_options,
+    metric_settings,
     metrics_arg,
+    positive_float,
     positive_int,
     smoothing,
 )
@@ -62,10 +65,23 @@ def add(commands: Any) -> None:
                         default=defaults.infidelity_perturbations,
                         help="Gaussian perturbations of infidelity (default: "
                              f"{defaults.infidelity_perturbations})")
+    parser.add_argument("--infidelity-std", type=positive_float, metavar="S",
+                        default=defaults.infidelity_std,
+                        help="std of infidelity's Gaussian perturbations, in the units of the "
+                             f"model's input (default: {defaults.infidelity_std})")
+    parser.add_argument("--infidelity-normalize", action=argparse.BooleanOptionalAction,
+                        default=defaults.infidelity_normalize,
+                        help="rescale each map by infidelity's optimal beta (default: on; "
+                             "Captum's default is off, with 10 perturbations)")
     parser.add_argument("--sensitivity-perturbations", type=positive_int, metavar="N",
                         default=defaults.sensitivity_perturbations,
                         help="perturbed inputs of max-sensitivity (default: "
                              f"{defaults.sensitivity_perturbations})")
+    parser.add_argument("--sensitivity-radius", type=positive_float, metavar="R",
+                        default=defaults.sensitivity_radius,
+                        help="L-inf radius of max-sensitivity's perturbations (default: "
+                             f"{defaults.sensitivity_radius}, Captum's; Quantus: 0.2, 200 "
+                             "perturbations)")
     parser.add_argument("--floor-seeds", type=positive_int, metavar="N",
                         default=defaults.floor_seeds,
                         help="other noise seeds of the sensitivity noise floor (default: "
@@ -74,18 +90,20 @@ def add(commands: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def check(args: argparse.Namespace) -> None:
-    """Every option of `evaluate` that can be checked before any work."""
+def check(args: argparse.Namespace) -> evaluation.MetricOptions:
+    """Every option of `evaluate` that can be checked before any work; the metric options."""
     smoothing(args)  # checks --samples, --noise, --tol, ...
     if "var" in args.aggregates and args.samples == 1:
         raise UsageError("--aggregates var needs --samples >= 2")
+    options = metric_options(args)
     check_output_file(args.json, "--json")
     check_output_file(args.csv, "--csv")
+    return options
 
 
 def run(args: argparse.Namespace) -> int:
     """`smoothgrad evaluate`: the metric table, plain and smoothed, for every image."""
-    check(args)
+    options = check(args)
     loaded = [images.load(path) for path in args.images]
     model = load_model(args)
     target = target_of(args, model)
@@ -96,20 +114,23 @@ def run(args: argparse.Namespace) -> int:
         say(args, f"{name}: explaining {explained!r}")
         rows += evaluation.evaluate(
             model, x, methods=args.methods, aggregates=args.aggregates, metrics=args.metrics,
-            target=target, names=[name], steps=args.steps, samples=args.samples,
+            target=target, names=[name], options=options, samples=args.samples,
             noise=args.noise, stdev=args.stdev, seed=args.seed, antithetic=args.antithetic,
             batch_size=args.batch_size, tol=args.tol, max_samples=args.max_samples,
-            infidelity_perturbations=args.infidelity_perturbations,
-            sensitivity_perturbations=args.sensitivity_perturbations,
-            floor_seeds=args.floor_seeds, log=lambda line: say(args, f"  {line}"),
+            log=lambda line: say(args, f"  {line}"),
             progress=progress_bars(args))
     say(args, evaluation.format_table(rows))
-    settings = {"images": args.images, "model": args.model, "samples": args.samples,
-                "noise": args.noise, "stdev": args.stdev, "seed": args.seed,
-                "antithetic": args.antithetic, "steps": args.steps, "metrics": args.metrics,
+    used = smoothing(args).as_dict()  # what was used: noise resolved, tol, max_samples, ...
+    settings = {"images": args.images, "model": args.model, "methods": args.methods,
+                "aggregates": args.aggregates, "target": target, "metrics": args.metrics,
+                **{key: used[key] for key in ("samples", "noise", "stdev", "seed", "antithetic",
+                                              "batch_size", "tol", "max_samples")},
+                **metric_settings(options),
                 "infidelity_perturbations": args.infidelity_perturbations,
+                "infidelity_std": args.infidelity_std,
+                "infidelity_normalize": args.infidelity_normalize,
                 "sensitivity_perturbations": args.sensitivity_perturbations,
-                "floor_seeds": args.floor_seeds}
+                "sensitivity_radius": args.sensitivity_radius, "floor_seeds": args.floor_seeds}
     written = write_tables(rows, list(evaluation.COLUMNS), args.csv, args.json, settings)
     for path in written:
         say(args, f"wrote {path}")

@@ -17,8 +17,8 @@ from typing import Any
 from PIL import Image
 from torch import Tensor
 
-from smoothgrad import images, models, viz
-from smoothgrad.cli.common import load_model, say, target_of, unique_names
+from smoothgrad import display, images, models, viz
+from smoothgrad.cli.common import check_output_folder, load_model, say, target_of, unique_names
 from smoothgrad.cli.options import (
     add_figure_options,
     add_method_option,
@@ -34,12 +34,9 @@ from smoothgrad.config import SmoothConfig
 from smoothgrad.engine import SmoothResult, smooth
 from smoothgrad.files import Data, npy_bytes, write_all
 from smoothgrad.methods import title as method_title
+from smoothgrad.stats import AGGREGATE_FILE_NAMES, AGGREGATE_TITLES
 
 __all__ = ["Explained", "add", "describe", "explain_image", "method_figure", "run"]
-
-SMOOTHED = {"mean": "SmoothGrad", "abs": "SmoothGrad |·|", "square": "SmoothGrad²",
-            "var": "VarGrad"}
-
 
 def add(commands: Any) -> None:
     parser: Parser = subcommand(
@@ -61,7 +58,8 @@ def add(commands: Any) -> None:
 
 @dataclass
 class Explained:
-    """One image explained with one base method: its plain and its smoothed map."""
+    """One image explained with one base method: its plain and its smoothed map, and the
+    class they explain with its probability (`label`, as figures name it)."""
 
     name: str
     image: Image.Image
@@ -70,6 +68,7 @@ class Explained:
     plain: Tensor
     smoothed: SmoothResult
     seconds: float
+    label: str
 
 
 def explain_image(model: models.LoadedModel, name: str, image: Image.Image,
@@ -86,18 +85,21 @@ def explain_image(model: models.LoadedModel, name: str, image: Image.Image,
     with tqdm(total=config.limit, desc=f"{name} {method}", unit="sample", delay=1.0,
               leave=False, disable=not bar or not sys.stderr.isatty(), file=sys.stderr) as shown:
         result = smooth(model, x, config, target=target, progress=shown.update)
-    return Explained(name, image, top5, method, plain, result, time.perf_counter() - started)
+    label = display.explained(result, 0, model.labels) or ""
+    return Explained(name, image, top5, method, plain, result, time.perf_counter() - started,
+                     label)
 
 
 def method_figure(items: Sequence[Explained], shown: viz.Style,
                   picture: Any) -> Any:
-    """Input | base method | SmoothGrad + base method, one row per image (tutorial Fig. 4-5);
-    `picture(image)` is the input panel: the pixels the model saw (`LoadedModel.crop`)."""
+    """Input | base method | SmoothGrad + base method, one row per image (tutorial Fig. 4-5),
+    each row labelled with the class its maps explain and its probability; `picture(image)`
+    is the input panel: the pixels the model saw (`LoadedModel.crop`)."""
     rows = [viz.Row(picture(item.image),
                     [shown.process(item.plain[0]), shown.process(item.smoothed.attribution[0])],
-                    f"{item.top5[0][0]} {item.top5[0][1]:.2f}") for item in items]
+                    item.label) for item in items]
     title = method_title(items[0].method)
-    smoothed = SMOOTHED[items[0].smoothed.aggregate]
+    smoothed = AGGREGATE_TITLES[items[0].smoothed.aggregate]
     return viz.comparison_figure(rows, titles=("Input", title, f"{smoothed} +\n{title}"),
                                  **shown.colors)
 
@@ -111,7 +113,7 @@ def describe(item: Explained, target: int | None, labels: Sequence[str], *,
         mark = "  <- explained" if explained is not None and labels[explained] == label else ""
         lines.append(f"  {rank}. {label:<28} {probability:6.3f}{mark}")
     if target is not None and labels[target] not in [label for label, _ in item.top5]:
-        lines.append(f"  explaining --target {target} ({labels[target]})")
+        lines.append(f"  explaining --target {target}: {item.label}")
     result = item.smoothed
     flips = "" if result.flip_rate is None else f", flip rate {float(result.flip_rate[0]):.2f}"
     lines.append(f"  {item.method}: SmoothGrad ({result.aggregate}) over {result.samples} "
@@ -121,9 +123,11 @@ def describe(item: Explained, target: int | None, labels: Sequence[str], *,
 
 
 def array_files(item: Explained, stem: Path) -> dict[Path, bytes]:
-    """The plain map, the SmoothGrad map and its standard error as float32 .npy files."""
-    arrays = {"": item.plain[0], "_smoothgrad": item.smoothed.attribution[0],
-              "_smoothgrad_stderr": item.smoothed.stderr[0]}
+    """The plain map, the smoothed map and its standard error as float32 .npy files, named
+    after the aggregate: ``STEM.npy``, ``STEM_square.npy``, ``STEM_square_stderr.npy``."""
+    smoothed = AGGREGATE_FILE_NAMES[item.smoothed.aggregate]
+    arrays = {"": item.plain[0], f"_{smoothed}": item.smoothed.attribution[0],
+              f"_{smoothed}_stderr": item.smoothed.stderr[0]}
     return {stem.with_name(f"{stem.name}{suffix}.npy"): npy_bytes(array.detach().cpu().float())
             for suffix, array in arrays.items()}
 
@@ -131,6 +135,7 @@ def array_files(item: Explained, stem: Path) -> dict[Path, bytes]:
 def run(args: argparse.Namespace) -> int:
     """`smoothgrad explain`: everything is checked before anything is written."""
     shown, config = style(args), smoothing(args)
+    check_output_folder(args.out)
     loaded = [images.load(path) for path in args.images]
     model = load_model(args)
     target = target_of(args, model)

@@ -18,18 +18,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from smoothgrad import hf, models
+from smoothgrad import hf
 from smoothgrad.cli import generate
-from smoothgrad.cli.common import say, target_of
-from smoothgrad.cli.options import (
-    add_method_option,
-    add_smoothing_options,
-    add_target_option,
-    positive_int,
-)
+from smoothgrad.cli.common import check_output_folder, say, target_of
+from smoothgrad.cli.options import add_smoothing_options, add_target_option, positive_int, smoothing
 from smoothgrad.cli.parser import Parser, UsageError, subcommand
 from smoothgrad.files import write_atomically
-from smoothgrad.text import TextMaps, explain_text
+from smoothgrad.text import TEXT_METHODS, TextMaps, explain_text
 from smoothgrad.tokens import REDUCTIONS
 
 __all__ = ["add", "run"]
@@ -38,6 +33,7 @@ EXAMPLES = """examples:
   smoothgrad explain-text "a fine film" --model hf:./my-classifier
   smoothgrad explain-text "w3 w0 w7" "w1 w9" --model hf:DIR --method integrated_gradients
   smoothgrad explain-text "..." --model hf:DIR --reduce sum --normalize l1 --samples 100
+  smoothgrad explain-text "The capital of France is" --model hf:./gpt2 --generate 8
 """
 
 
@@ -52,17 +48,19 @@ def add(commands: Any) -> None:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="cpu",
                         help="where to run (default: cpu; auto picks cuda, then mps, then cpu)")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    add_method_option(parser)
-    add_smoothing_options(parser)
-    add_target_option(parser)
+    parser.add_argument("--method", choices=TEXT_METHODS, default="gradient",
+                        help="base attribution method at the embeddings (default: gradient)")
+    add_smoothing_options(parser, unit="text")
+    add_target_option(parser, unit="text")
     parser.add_argument("--reduce", choices=REDUCTIONS, default=None,
                         help="token score: sum (signed), norm (L2) or dot (gradient·embedding) "
                              "over the embedding (default: sum for input_x_gradient, "
                              "integrated_gradients and deeplift, else norm)")
     parser.add_argument("--normalize", choices=["l1", "l2"], default=None,
                         help="divide each text's scores by their L1 or L2 norm")
-    parser.add_argument("--max-length", type=positive_int, default=None,
-                        help="truncate texts to this many tokens")
+    parser.add_argument("--max-length", type=positive_int, default=None, metavar="N",
+                        help="truncate texts to N tokens (default: the most the model takes, "
+                             "with a warning when a text is longer)")
     parser.add_argument("--out", type=Path, default=Path("smoothgrad-out"),
                         help="output folder for explain-text.html and text-K.png "
                              "(default: smoothgrad-out)")
@@ -72,15 +70,15 @@ def add(commands: Any) -> None:
 
 def _show(args: argparse.Namespace, model: hf.TextModel, shown: TextMaps) -> None:
     colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    result = shown.result
+    result, probabilities = shown.result, shown.probabilities
+    assert probabilities is not None
     for i, (text, scores) in enumerate(zip(args.texts, shown.texts, strict=True), start=1):
         say(args, f"text {i}: {text!r}")
         explained = None if result.target is None else int(result.target[i - 1])
-        top = model.top_k(model.encode(text, max_length=args.max_length).input_ids)
-        for rank, (label, probability) in enumerate(top, start=1):
-            mark = "  <- explained" if explained is not None and \
-                model.labels[explained] == label else ""
-            say(args, f"  {rank}. {label:<24} {probability:6.3f}{mark}")
+        values, classes = probabilities[i - 1].topk(min(5, probabilities.shape[1]))
+        for rank, (p, c) in enumerate(zip(values.tolist(), classes.tolist(), strict=True), 1):
+            mark = "  <- explained" if c == explained else ""
+            say(args, f"  {rank}. {model.labels[c]:<24} {p:6.3f}{mark}")
         say(args, "  " + (scores.to_ansi() if colour else scores.to_text()))
     sigma = result.sigma if not isinstance(result.sigma, tuple) else result.sigma[0]
     say(args, f"  {args.method}: SmoothGrad ({result.aggregate}) over {result.samples} samples "
@@ -93,10 +91,14 @@ def run(args: argparse.Namespace) -> int:
         return generate.run(args)
     if not hf.is_hf(args.model):
         raise UsageError("--model: explain-text needs a Hugging Face directory, hf:DIR")
-    if args.out.exists() and not args.out.is_dir():
-        raise UsageError(f"--out: '{args.out}' is not a folder")
-    model = models.load(args.model, device=args.device)
-    assert isinstance(model, hf.TextModel)
+    smoothing(args)  # every smoothing option checked before the model loads
+    check_output_folder(args.out)
+    model = hf.load(args.model, device=args.device, quiet=args.quiet,
+                    progress=sys.stderr.isatty())  # like the other commands' bars
+    limit = model.max_length
+    if args.max_length is not None and limit is not None and args.max_length > limit:
+        raise UsageError(f"--max-length {args.max_length}: the model takes at most {limit} "
+                         "tokens")
     shown = explain_text(
         model, args.texts, method=args.method, reduce=args.reduce, normalize=args.normalize,
         max_length=args.max_length, target=target_of(args, model), samples=args.samples,

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import io
+import sys
 from typing import Any
 
 from smoothgrad import hf
-from smoothgrad.cli.common import say
-from smoothgrad.cli.options import positive_int
+from smoothgrad.cli.common import check_output_folder, say
+from smoothgrad.cli.options import positive_int, smoothing
 from smoothgrad.cli.parser import UsageError
 from smoothgrad.config import DEFAULT_NOISE
 from smoothgrad.files import npy_bytes, write_all
@@ -76,8 +77,8 @@ def _check(args: argparse.Namespace) -> None:
     for option, (attribute, unset) in _NOT_FOR_GENERATION.items():
         if getattr(args, attribute, unset) != unset:
             raise UsageError(f"{option} does not apply to --generate/--continuation")
-    if args.out.exists() and not args.out.is_dir():
-        raise UsageError(f"--out: '{args.out}' is not a folder")
+    smoothing(args)  # every smoothing option checked before the model loads
+    check_output_folder(args.out)
 
 
 def _show(args: argparse.Namespace, shown: list[GenerationResult]) -> None:
@@ -93,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     """The generation branch of explain-text: everything is checked before anything is
     written, and the files are written together."""
     _check(args)
-    lm = hf.load_causal_lm(args.model, device=args.device)
+    lm = hf.load_causal_lm(args.model, device=args.device, quiet=args.quiet,
+                           progress=sys.stderr.isatty())  # like explain-text's bars
     noise = DEFAULT_NOISE if args.noise is None else args.noise
     shown = explain_generation(
         lm.module, lm.tokenizer, list(args.texts), max_new_tokens=args.generate,

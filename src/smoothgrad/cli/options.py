@@ -16,15 +16,16 @@ from pathlib import Path
 from typing import TypeVar
 
 from smoothgrad import evaluation, models, viz
+from smoothgrad.cli.parser import UsageError
 from smoothgrad.config import DEFAULT_NOISE, SmoothConfig
 from smoothgrad.methods import BY_NAME
 from smoothgrad.stats import AGGREGATES
 
 __all__ = ["SAVE_FORMATS", "add_evaluation_options", "add_figure_options", "add_method_option",
            "add_model_options", "add_noise_draw_options", "add_smoothing_options",
-           "add_target_option", "batch_size_arg", "list_arg", "metrics_arg", "non_negative_float",
-           "non_negative_int", "positive_float", "positive_int", "samples_arg", "save_arg",
-           "smoothing", "style"]
+           "add_target_option", "batch_size_arg", "list_arg", "metric_options", "metric_settings",
+           "metrics_arg", "non_negative_float", "non_negative_int", "positive_float",
+           "positive_int", "samples_arg", "save_arg", "smoothing", "style"]
 
 SAVE_FORMATS = ("png", "svg", "pdf", "npy")
 
@@ -100,8 +101,11 @@ def metrics_arg(text: str) -> list[str]:
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=models.DEFAULT_MODEL, metavar="NAME|module:fn",
-                        help=f"model name or factory (default: {models.DEFAULT_MODEL}, offline)")
+    parser.add_argument("--model", default=models.DEFAULT_MODEL,
+                        metavar="NAME|module:fn|file.py:fn",
+                        help=f"a model name, or your own factory as module:fn or file.py:fn "
+                             f"(a function returning an nn.Module, or (module, preprocess)) "
+                             f"(default: {models.DEFAULT_MODEL}, offline)")
     parser.add_argument("--weights", type=Path, metavar="FILE",
                         help="local state-dict file for the model")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="cpu",
@@ -109,9 +113,10 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
-def add_smoothing_options(parser: argparse.ArgumentParser, *, aggregate: bool = True) -> None:
+def add_smoothing_options(parser: argparse.ArgumentParser, *, aggregate: bool = True,
+                          unit: str = "image") -> None:
     parser.add_argument("--samples", type=samples_arg, default=50, metavar="N|auto",
-                        help="noisy copies per image, or auto (until --tol) (default: 50)")
+                        help=f"noisy copies per {unit}, or auto (until --tol) (default: 50)")
     parser.add_argument("--tol", type=positive_float, default=0.05,
                         help="with --samples auto: stop at this relative standard error "
                              "(default: 0.05)")
@@ -141,16 +146,25 @@ def add_method_option(parser: argparse.ArgumentParser) -> None:
                         help="base attribution method (default: gradient)")
 
 
-def add_target_option(parser: argparse.ArgumentParser) -> None:
+def add_target_option(parser: argparse.ArgumentParser, unit: str = "image") -> None:
     parser.add_argument("--target", metavar="INDEX|LABEL",
-                        help="class to explain for every image (default: each prediction)")
+                        help=f"class to explain for every {unit} (default: each prediction)")
 
 
 def add_evaluation_options(parser: argparse.ArgumentParser) -> None:
-    """Options of `sweep` and `evaluate`: target, deletion/insertion steps, JSON output."""
+    """Options of `sweep` and `evaluate`: target, deletion/insertion curves, JSON output."""
     add_target_option(parser)
-    parser.add_argument("--steps", type=positive_int, default=50,
+    parser.add_argument("--steps", type=positive_int, default=None,
                         help="steps of the deletion and insertion curves (default: 50)")
+    parser.add_argument("--substrate", choices=evaluation.SUBSTRATES, default=None,
+                        help="what deleted pixels become and insertion starts from: zeros (the "
+                             "dataset mean for mean/std-normalised inputs, mid-grey for the "
+                             "default model), mean (each image's mean colour), blur (default: "
+                             "mean for deletion, blur for insertion)")
+    parser.add_argument("--rise", action="store_true",
+                        help="RISE's deletion/insertion protocol (deletion to zeros, insertion "
+                             "from RISE's blur, steps of 224 pixels): AUCs comparable with "
+                             "RISE's published ones; not with --steps or --substrate")
     parser.add_argument("--json", type=Path, metavar="FILE",
                         help="also write the settings and the table as JSON")
 
@@ -166,10 +180,30 @@ def add_figure_options(parser: argparse.ArgumentParser) -> None:
                         help="matplotlib colormap (default: viridis; RdBu_r for --activation all)")
 
 
+def metric_options(args: argparse.Namespace) -> evaluation.MetricOptions:
+    """The metric options of `evaluate` or `sweep`, checked (one-line errors naming them)."""
+    if args.rise and (args.steps is not None or args.substrate is not None):
+        raise UsageError("--rise is RISE's protocol: leave out --steps and --substrate")
+    extra = {name: getattr(args, name) for name in (
+        "infidelity_perturbations", "infidelity_std", "infidelity_normalize",
+        "sensitivity_perturbations", "sensitivity_radius", "floor_seeds") if hasattr(args, name)}
+    return evaluation.MetricOptions(steps=args.steps, substrate=args.substrate, rise=args.rise,
+                                    **extra)
+
+
+def metric_settings(options: evaluation.MetricOptions) -> dict[str, object]:
+    """What the curves used, for the settings a command records."""
+    return {"steps": options.curve_steps, "substrate": options.substrates(),
+            "rise": options.rise}
+
+
 def style(args: argparse.Namespace) -> viz.Style:
-    """The figure options as a checked :class:`viz.Style`."""
-    return viz.Style(activation=args.activation, skew=args.skew, percentile=args.percentile,
-                     colormap=args.colormap)
+    """The figure options as a checked :class:`viz.Style` (a bad one is a UsageError)."""
+    try:
+        return viz.Style(activation=args.activation, skew=args.skew, percentile=args.percentile,
+                         colormap=args.colormap)
+    except ValueError as exc:  # viz checks what the user typed: their error, not ours
+        raise UsageError(str(exc)) from None
 
 
 def smoothing(args: argparse.Namespace) -> SmoothConfig:

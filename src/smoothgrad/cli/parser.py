@@ -16,6 +16,7 @@ import importlib
 from typing import NoReturn
 
 import smoothgrad
+from smoothgrad.errors import UserError
 
 __all__ = ["COMMANDS", "EXAMPLES", "Parser", "UsageError", "build_parser", "subcommand"]
 
@@ -31,13 +32,14 @@ EXAMPLES = """examples:
   smoothgrad explain cat.jpg --target "tiger cat" --aggregate square --save png,pdf,npy
   smoothgrad explain cat.jpg --model resnet50 --weights resnet50.pth --device auto
   smoothgrad explain x.png --model mypkg.nets:build   # any nn.Module factory
+  smoothgrad explain x.png --model ./mynet.py:build   # a factory in a file
   smoothgrad sweep cat.jpg --method guided_backprop   # maps over σ and n, convergence, table
   smoothgrad evaluate a.jpg b.jpg --json scores.json  # every metric, with and without SmoothGrad
   smoothgrad serve                                 # a local page: drop an image, move σ and n
 """
 
 
-class UsageError(ValueError):
+class UsageError(UserError, ValueError):
     """Bad command-line input; reported as one line, exit code 2."""
 
 
@@ -61,8 +63,11 @@ def build_parser() -> Parser:
 
 def subcommand(commands: argparse._SubParsersAction[Parser], name: str, help: str, *,
                description: str | None = None, epilog: str | None = EXAMPLES) -> Parser:
-    """A subparser with the shared examples epilog (unless given) and raw formatting."""
+    """A subparser with the shared examples epilog (unless given), raw formatting and
+    ``--debug``."""
     parser: Parser = commands.add_parser(
         name, help=help, description=description, epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, also print its traceback (or set SMOOTHGRAD_DEBUG=1)")
     return parser

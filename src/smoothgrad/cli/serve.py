@@ -20,21 +20,26 @@ MISSING = ("smoothgrad serve needs the web extra (Starlette and uvicorn): "
 
 
 def run(args: argparse.Namespace) -> int:
-    """`smoothgrad serve`: load the model, then serve the page until Ctrl-C."""
+    """`smoothgrad serve`: take the port, load the model, then serve the page until Ctrl-C,
+    SIGTERM or SIGHUP."""
     if args.weights is not None and not args.weights.is_file():
         raise UsageError(f"--weights: no such file '{args.weights}'")
     try:
-        from smoothgrad.web import serve
+        from smoothgrad.web import ServeError, serve
     except ImportError as exc:  # the library and the other commands work without the extra
         raise UsageError(f"{MISSING} ({exc})") from None
-    serve(args.model, host=args.host, port=args.port, weights=args.weights, device=args.device,
-          max_upload=args.max_upload_mb * 2**20, quiet=args.quiet)
+    try:
+        serve(args.model, host=args.host, port=args.port, weights=args.weights,
+              device=args.device, max_upload=args.max_upload_mb * 2**20, quiet=args.quiet)
+    except ServeError as exc:
+        raise UsageError(f"--{exc}") from None
     return 0
 
 
 def port_arg(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, got {text!r}")
+    if not text.isdigit() or not 0 <= int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"a port is a number from 0 (any free one) to "
+                                         f"65535, got {text!r}")
     return int(text)
 
 
@@ -53,7 +58,8 @@ def add(commands: Any) -> None:
     add_model_options(parser)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default: 127.0.0.1, this machine only)")
-    parser.add_argument("--port", type=port_arg, default=8000, help="port (default: 8000)")
+    parser.add_argument("--port", type=port_arg, default=8000,
+                        help="port (default: 8000; 0 picks a free one, printed with the URL)")
     parser.add_argument("--max-upload-mb", type=megabytes_arg, default=20, metavar="MB",
                         help="largest upload accepted (default: 20)")
     parser.set_defaults(run=run)

@@ -10,6 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from smoothgrad import evaluation, images, methods, viz
 from smoothgrad.cli import common
 from smoothgrad.cli.options import (
@@ -19,6 +21,8 @@ from smoothgrad.cli.options import (
     add_model_options,
     add_noise_draw_options,
     list_arg,
+    metric_options,
+    metric_settings,
     non_negative_float,
     positive_int,
     style,
@@ -30,15 +34,18 @@ from smoothgrad.stats import AGGREGATES
 __all__ = ["add", "run"]
 
 
-def check(args: argparse.Namespace) -> viz.Style:
-    """Every option of `sweep` that can be checked before any work; the figure style."""
+def check(args: argparse.Namespace) -> tuple[viz.Style, evaluation.MetricOptions]:
+    """Every option of `sweep` that can be checked before any work; the figure style and
+    the metric options."""
     if args.reference_samples <= max(args.samples):
         raise UsageError(f"--reference-samples {args.reference_samples} must exceed the largest "
                          f"--samples ({max(args.samples)})")
     if args.aggregate == "var" and min(*args.samples, args.at_samples) < 2:
         raise UsageError("--aggregate var needs at least 2 samples per map")
+    shown, options = style(args), metric_options(args)
+    common.check_output_folder(args.out)
     common.check_output_file(args.json, "--json", args.out)
-    return style(args)
+    return shown, options
 
 
 def figures(args: argparse.Namespace, result: evaluation.Sweep, picture: Any, name: str,
@@ -64,7 +71,7 @@ def figures(args: argparse.Namespace, result: evaluation.Sweep, picture: Any, na
 
 def run(args: argparse.Namespace) -> int:
     """`smoothgrad sweep`: the paper's rows of maps over σ and over n, convergence, a table."""
-    shown = check(args)
+    shown, options = check(args)
     image = images.load(args.image)
     model = common.load_model(args)
     target = common.target_of(args, model)
@@ -72,25 +79,31 @@ def run(args: argparse.Namespace) -> int:
     name = common.unique_names([args.image])[0]
     x = model.preprocess(image)
     explained = model.top_k(x, 1)[0][0] if target is None else model.labels[target]
+    with torch.no_grad():  # the figures name the explained class and its probability
+        probabilities = model(x).softmax(dim=1)[0]
+    index = int(probabilities.argmax()) if target is None else target
+    label = viz.class_label(index, float(probabilities[index]), model.labels)
     smoothed = f"{evaluation.SMOOTHING_NAMES[args.aggregate]} + {methods.title(args.method)}"
     common.say(args, f"{name}: {smoothed}, explaining {explained!r}")
     result = evaluation.sweep(
         model, x, method=args.method, noises=args.noise, samples=args.samples,
         at_noise=args.at_noise, at_samples=args.at_samples,
-        reference_samples=args.reference_samples, target=target, steps=args.steps,
+        reference_samples=args.reference_samples, target=target, options=options,
         seed=args.seed, aggregate=args.aggregate, antithetic=args.antithetic,
         batch_size=args.batch_size, log=lambda line: common.say(args, f"  {line}"),
         progress=common.progress_bars(args))
     common.say(args, evaluation.format_table(result.rows, evaluation.SWEEP_COLUMNS))
     stem = f"{name}_{args.method}"
     written = []
-    drawn = figures(args, result, model.crop(image), name, smoothed, shown)
+    drawn = figures(args, result, model.crop(image), name, f"{smoothed} for {label}", shown)
     for figure, part in zip(drawn, ("noise", "samples", "convergence"), strict=True):
         written += viz.save(figure, args.out / f"{stem}_{part}", args.save)
     settings = {"image": args.image, "model": args.model, "method": args.method,
                 "aggregate": args.aggregate, "target": explained, "seed": args.seed,
-                "at_noise": args.at_noise, "at_samples": args.at_samples,
-                "reference_samples": args.reference_samples, "steps": args.steps}
+                "noises": args.noise, "samples": args.samples, "at_noise": args.at_noise,
+                "at_samples": args.at_samples, "reference_samples": args.reference_samples,
+                "antithetic": args.antithetic, "batch_size": args.batch_size,
+                **metric_settings(options)}
     written += common.write_tables(result.rows, list(evaluation.SWEEP_COLUMNS),
                             args.out / f"{stem}_sweep.csv", args.json, settings)
     for path in written:

@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 from smoothgrad import tables
@@ -36,6 +37,7 @@ from smoothgrad.evaluation.settings import (
     METRIC_SCORES,
     METRICS,
     SMOOTHING_NAMES,
+    SUBSTRATES,
     SWEEP_COLUMNS,
     Evaluation,
     MetricOptions,
@@ -46,21 +48,55 @@ from smoothgrad.evaluation.sweep import Sweep, sweep
 from smoothgrad.tables import Row, to_json
 
 __all__ = [
-    "COLUMNS", "DEFAULT_METRICS", "METRICS", "METRIC_SCORES", "SMOOTHING_NAMES", "SWEEP_COLUMNS",
-    "Evaluation", "MetricOptions", "Progress", "Sweep", "SweepSettings", "evaluate", "explainer",
-    "format_table", "randomization", "smooth_all", "sweep", "to_csv", "to_json",
+    "COLUMNS", "DEFAULT_METRICS", "METRICS", "METRIC_SCORES", "SMOOTHING_NAMES", "SUBSTRATES",
+    "SWEEP_COLUMNS", "Evaluation", "MetricOptions", "Progress", "Sweep", "SweepSettings",
+    "column_format", "evaluate", "explainer", "format_table", "randomization", "smooth_all",
+    "sweep", "to_csv", "to_json",
 ]
 
 
 def format_table(rows: Sequence[Row], columns: Mapping[str, tuple[str, str]] = COLUMNS) -> str:
-    """`tables.format_table` with `evaluate`'s columns by default.
+    """`tables.format_table` with `evaluate`'s columns by default, one number layout per column.
+
+    A column whose format asks for significant digits (`.3g`) gets one layout for all its
+    rows (`column_format`), so 0.4 prints as 0.400 beside 0.381, never as 0.4.
 
     Example:
-        >>> print(format_table([{"method": "gradient", "gini": 0.51234}]))
-        method    Gini↑
-        gradient  0.512
+        >>> print(format_table([{"method": "gradient", "infidelity": 0.4},
+        ...                     {"method": "gradient", "infidelity": 0.38123}]))
+        method    infid↓
+        gradient   0.400
+        gradient   0.381
     """
-    return tables.format_table(rows, columns)
+    resolved = {key: (header, column_format([row.get(key) for row in rows], fmt))
+                for key, (header, fmt) in columns.items()}
+    return tables.format_table(rows, resolved)
+
+
+def column_format(values: Sequence[object], fmt: str) -> str:
+    """One fixed layout for a whole column from a significant-digits format (`.Pg`).
+
+    The largest finite |value| gets P significant digits and every row the same number of
+    decimals (`.Pf`-like); columns spanning beyond 1e-3..1e5 use `.{P-1}e`. Other formats
+    are returned unchanged.
+
+    Example:
+        >>> column_format([0.4, 0.381, None], ".3g"), column_format([12.5, 0.4], ".3g")
+        ('.3f', '.1f')
+        >>> column_format([2e-5, 1e-6], ".3g"), column_format([1, 2], "d")
+        ('.2e', 'd')
+    """
+    if not (fmt.startswith(".") and fmt.endswith("g") and fmt[1:-1].isdigit()):
+        return fmt
+    digits = max(1, int(fmt[1:-1]))
+    finite = [abs(v) for v in values
+              if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)]
+    largest = max(finite, default=0.0)
+    if largest == 0:
+        return f".{digits}f"
+    if not 1e-3 <= largest < 1e5:
+        return f".{digits - 1}e"
+    return f".{max(0, digits - 1 - math.floor(math.log10(largest)))}f"
 
 
 def to_csv(rows: Sequence[Row], columns: Sequence[str] = tuple(COLUMNS)) -> str:

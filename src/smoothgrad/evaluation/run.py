@@ -158,17 +158,23 @@ class Run:
             scores["gini"] = complexity.gini(to_map(m, activation="abs"))
         kinds = tuple(k for k in faithfulness.CURVE_KINDS if k in metrics)
         if kinds:
-            start = self.once("start", lambda: faithfulness.blur(self.x, 11, 5.0))
-            total = len(kinds) * (self.options.steps + 1) * self.x.shape[0]
+            steps = self.options.curve_steps
+            substrates = self.once("substrates", lambda: {
+                kind: faithfulness.substrate_image(self.x, name, rise=self.options.rise)
+                for kind, name in self.options.substrates().items()})
+            points = faithfulness.schedule(self.x.shape[2] * self.x.shape[3], steps,
+                                           self.x.device, self.x.dtype)[0].shape[0]
+            total = len(kinds) * points * self.x.shape[0]
             curves = faithfulness.curves(
                 self.model, self.x, to_map(m, activation="abs"), self.target, kinds=kinds,
-                steps=self.options.steps, batch_size=self.rows, start=start,
+                steps=steps, batch_size=self.rows, substrates=substrates,
                 progress=self.report(f"{label} {'/'.join(kinds)}", total))
             for kind, curve in curves.items():
                 scores[f"{kind}_auc"] = curve.auc
         if "infidelity" in metrics:
             perturbations, drops = self.once("infidelity", self._infidelity_drops)
-            scores["infidelity"] = faithfulness.infidelity_score(m, perturbations, drops)
+            scores["infidelity"] = faithfulness.infidelity_score(
+                m, perturbations, drops, normalize=self.options.infidelity_normalize)
         return scores
 
     def _infidelity_drops(self) -> tuple[Tensor, Tensor]:

@@ -14,10 +14,17 @@ from torch import Tensor
 from smoothgrad.config import DEFAULT_NOISE
 from smoothgrad.engine import default_batch_size
 from smoothgrad.metrics import SCORES, Score
+from smoothgrad.metrics.faithfulness import (
+    CURVE_KINDS,
+    SUBSTRATES,
+    CurveKind,
+    Substrate,
+    default_substrate,
+)
 from smoothgrad.stats import AGGREGATE_TITLES
 
 __all__ = [
-    "COLUMNS", "DEFAULT_METRICS", "METRICS", "METRIC_SCORES", "SMOOTHING_NAMES",
+    "COLUMNS", "DEFAULT_METRICS", "METRICS", "METRIC_SCORES", "SMOOTHING_NAMES", "SUBSTRATES",
     "SWEEP_COLUMNS", "Evaluation", "MetricOptions", "Progress", "SweepSettings",
 ]
 
@@ -70,17 +77,25 @@ Progress = Callable[[str, int, int], None]
 class MetricOptions:
     """How the metrics are computed (defaults in brackets).
 
-    steps: deletion and insertion curve steps [50]. infidelity_perturbations: Gaussian
-    perturbations of infidelity [50], of std `infidelity_std` [0.1]. sensitivity_perturbations:
-    inputs of max-sensitivity [10], uniform in the L-inf ball of `sensitivity_radius` [0.02].
+    steps: deletion and insertion curve steps [50]. substrate: what deleted pixels become and
+    insertion starts from, "zeros", "mean" or "blur" (`metrics.faithfulness.substrate_image`)
+    [deletion "mean", insertion "blur"]. rise: RISE's protocol for both curves (deletion to
+    zeros, insertion from RISE's blur, steps of 224 pixels; leave steps and substrate out)
+    [False]. infidelity_perturbations: Gaussian perturbations of infidelity [50], of std
+    `infidelity_std` [0.1], β-rescaled when `infidelity_normalize` [True] (Captum: 10 and
+    False). sensitivity_perturbations: inputs of max-sensitivity [10], uniform in the L-inf
+    ball of `sensitivity_radius` [0.02] (Captum's defaults; Quantus: 200 and 0.2).
     floor_seeds: other seeds of the noise floor [10]. Every forward pass of a metric has at
     most the smoothing `batch_size` rows (with "auto", the engine's starting size for the
     device), so memory is bounded whatever the step or perturbation count.
     """
 
-    steps: int = 50
+    steps: int | None = None
+    substrate: Substrate | None = None
+    rise: bool = False
     infidelity_perturbations: int = 50
     infidelity_std: float = 0.1
+    infidelity_normalize: bool = True
     sensitivity_perturbations: int = 10
     sensitivity_radius: float = 0.02
     floor_seeds: int = 10
@@ -89,11 +104,28 @@ class MetricOptions:
         for name in ("steps", "infidelity_perturbations", "sensitivity_perturbations",
                      "floor_seeds"):
             value = getattr(self, name)
+            if value is None and name == "steps":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         for name in ("infidelity_std", "sensitivity_radius"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be a positive number, got {getattr(self, name)}")
+        if self.substrate is not None and self.substrate not in SUBSTRATES:
+            raise ValueError(f"substrate must be one of {', '.join(SUBSTRATES)}, "
+                             f"got {self.substrate!r}")
+        if self.rise and (self.steps is not None or self.substrate is not None):
+            raise ValueError("rise is RISE's protocol: leave steps and substrate out")
+
+    @property
+    def curve_steps(self) -> int | None:
+        """Steps of the deletion/insertion curves, None for RISE's (224 pixels a step)."""
+        return None if self.rise else self.steps or 50
+
+    def substrates(self) -> dict[CurveKind, Substrate]:
+        """The substrate of each curve kind under these options."""
+        return {kind: self.substrate or default_substrate(kind, self.rise)
+                for kind in CURVE_KINDS}
 
     @staticmethod
     def pass_size(smoothing: Mapping[str, Any], device: torch.device) -> int:

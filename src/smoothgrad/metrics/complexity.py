@@ -16,18 +16,24 @@ def gini(attribution: Tensor) -> Tensor:
     """Gini sparseness of ``|attribution|`` per example (Hurley & Rickard 2009), ``(N,)``.
 
     ``1 - 2 sum_k (c_k / ||c||_1) (n - k + 1/2) / n`` over the ``n`` flattened absolute values
-    sorted ascending (``k = 1..n``): 0 for a uniform map, ``1 - 1/n`` for a one-hot map; an
-    all-zero map gives ``nan``. Higher means sparser (Chalasani et al. 2020).
+    sorted ascending (``k = 1..n``): 0 for a uniform map, ``1 - 1/n`` for a one-hot map. Higher
+    means sparser (Chalasani et al. 2020). An all-zero map is a uniform map and scores 0 (the
+    formula's 0/0 is not evaluated). This is Quantus' ``Sparseness(abs=True, normalise=False)``
+    but for the ``1e-7`` Quantus adds to every value (differences of order ``1e-7 / mean |a|``);
+    Quantus refuses a batch of only all-zero maps and, through that shift, also scores an
+    all-zero map 0 in a mixed batch.
 
     Example:
-        >>> gini(torch.ones(1, 3, 8, 8))
-        tensor([0.])
+        >>> gini(torch.ones(1, 3, 8, 8)), gini(torch.zeros(1, 3, 8, 8))
+        (tensor([0.]), tensor([0.]))
     """
     c = attribution.reshape(attribution.shape[0], -1).abs().sort(dim=1).values
     n = c.shape[1]
     k = torch.arange(1, n + 1, device=c.device, dtype=c.dtype)
     weights = (n - k + 0.5) / n
-    return 1 - 2 * (c / c.sum(dim=1, keepdim=True) * weights).sum(dim=1)
+    total = c.sum(dim=1, keepdim=True)
+    score = 1 - 2 * (c / torch.where(total > 0, total, 1.0) * weights).sum(dim=1)
+    return torch.where(total.squeeze(1) > 0, score, 0.0)
 
 
 def total_variation(attribution: Tensor, *, reduce: ChannelSum = "abs") -> Tensor:

@@ -17,21 +17,26 @@ SCORES = (Score("sensitivity_max", "sens", ".3f", "lower"),
 
 
 def sensitivity_max(explain: Explainer, model: nn.Module, x: Tensor, target: Target = None, *,
-                    radius: float = 0.02, n_perturb: int = 10,
+                    perturb_radius: float = 0.02, n_perturb_samples: int = 10,
                     generator: torch.Generator | int = 0, perturbations: Tensor | None = None,
                     batch_size: int | None = None, progress: Progress | None = None) -> Tensor:
     """Max-sensitivity (Yeh et al. 2019) of an explainer, per example ``(N,)``.
 
     ``max_k ||e(x + d_k) - e(x)||_F / ||e(x)||_F`` with ``d_k`` uniform in the L-inf ball of
-    ``radius`` (a zero ``||e(x)||`` divides by 1). The target (default: the clean prediction)
-    is the same for every perturbed input. This equals ``captum.metrics.sensitivity_max(fn, x,
-    perturb_func=..., perturb_radius=radius, n_perturb_samples=n_perturb, norm_ord="fro",
-    target=target)`` for the same ``d_k``. ``perturbations`` ``(N, n_perturb, *x.shape[1:])``
-    supplies the ``d_k``; otherwise they come from ``generator`` (a seed or a
-    ``torch.Generator``). ``explain`` gets ``batch_size`` perturbed inputs per call (default:
-    all ``N * n_perturb``). A seeded stochastic explainer (SmoothGrad) reuses its noise for
-    every input; compare with :func:`sensitivity_floor` for the part due to fresh noise.
-    ``progress`` gets the number of perturbed inputs explained by each call.
+    ``perturb_radius`` (a zero ``||e(x)||`` divides by 1). The target (default: the clean
+    prediction) is the same for every perturbed input. ``perturbations``
+    ``(N, n_perturb_samples, *x.shape[1:])`` supplies the ``d_k``; otherwise they come from
+    ``generator`` (a seed or a ``torch.Generator``). ``explain`` gets ``batch_size`` perturbed
+    inputs per call (default: all of them; Captum's ``max_examples_per_batch``). A seeded
+    stochastic explainer (SmoothGrad) reuses its noise for every input; compare with
+    :func:`sensitivity_floor` for the part due to fresh noise. ``progress`` gets the number of
+    perturbed inputs explained by each call.
+
+    On the same ``d_k`` this equals ``captum.metrics.sensitivity_max(..., norm_ord="fro")``
+    and Quantus' ``MaxSensitivity`` (``normalise=False``, ``abs=False``; Quantus divides by a
+    zero norm). The parameter names and defaults are Captum's (radius 0.02, 10 samples);
+    Quantus draws 200 samples of radius 0.2 (``lower_bound``), so its figures are not
+    comparable with ours unless ``perturb_radius=0.2, n_perturb_samples=200``.
 
     Example:
         >>> from smoothgrad.methods import gradient
@@ -40,9 +45,9 @@ def sensitivity_max(explain: Explainer, model: nn.Module, x: Tensor, target: Tar
         tensor([0., 0.])
     """
     if perturbations is None:
-        perturbations = uniform_perturbations(x, n_perturb, radius, generator)
+        perturbations = uniform_perturbations(x, n_perturb_samples, perturb_radius, generator)
     elif perturbations.shape[0] != x.shape[0] or perturbations.shape[2:] != x.shape[1:]:
-        raise ValueError(f"perturbations must be (N, n_perturb, ...) for x {x.shape}")
+        raise ValueError(f"perturbations must be (N, n_perturb_samples, ...) for x {x.shape}")
     n, k = perturbations.shape[:2]
     target_t = resolve_target(model, x, target)
     reference = explain(model, x, target_t).detach()
@@ -57,11 +62,12 @@ def sensitivity_max(explain: Explainer, model: nn.Module, x: Tensor, target: Tar
     return max_relative_change(reference, torch.cat(maps).view(n, k, *reference.shape[1:]))
 
 
-def uniform_perturbations(x: Tensor, n_perturb: int, radius: float,
+def uniform_perturbations(x: Tensor, n_perturb_samples: int, perturb_radius: float,
                           generator: torch.Generator | int = 0) -> Tensor:
-    """``d_k`` uniform in the L-inf ball of ``radius``, ``(N, n_perturb, *x.shape[1:])``."""
-    return radius * (2 * draw("uniform", (x.shape[0], n_perturb, *x.shape[1:]), generator, x)
-                     - 1)
+    """``d_k`` uniform in the L-inf ball of ``perturb_radius``,
+    ``(N, n_perturb_samples, *x.shape[1:])``."""
+    shape = (x.shape[0], n_perturb_samples, *x.shape[1:])
+    return perturb_radius * (2 * draw("uniform", shape, generator, x) - 1)
 
 
 def max_relative_change(reference: Tensor, maps: Tensor) -> Tensor:

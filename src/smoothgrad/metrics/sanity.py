@@ -54,10 +54,13 @@ def randomization_check(explain: Explainer, model: nn.Module, x: Tensor, target:
     cumulatively from the output down, and after each one the map for the same target (default:
     the clean prediction of the original model) is compared with the original map. ``layers``
     names the modules to reset in order (``named_modules`` names); by default every module with
-    its own parameters and a ``reset_parameters`` method, in reverse registration order (this
-    assumes registration follows the forward order; pass ``layers`` otherwise). Step ``j`` runs
-    ``reset_parameters`` under a global RNG seeded with ``seed + j`` and forked, so the caller's
-    global RNG state (CPU, and the CUDA devices holding the model) is unchanged. Maps
+    a ``reset_parameters`` method, in reverse registration order: the layers and the order of
+    Quantus' ``MPRT(layer_order="top_down")`` (a BatchNorm without affine parameters is reset
+    too: its running statistics are trained state). This assumes registration follows the
+    forward order; pass ``layers`` otherwise. Step ``j`` runs ``reset_parameters`` under a
+    global RNG seeded with ``seed + j`` and forked, so the caller's global RNG state (CPU, and
+    the CUDA devices holding the model) is unchanged; Quantus seeds the global RNG with
+    ``seed + 1`` before every layer and leaves it so, hence other random parameters. Maps
     ``(N, C, H, W)`` are summed over channels (``(N, H, W)`` taken as they are). A sane
     explainer's similarities fall towards the random-map row as more layers are randomised.
 
@@ -72,8 +75,8 @@ def randomization_check(explain: Explainer, model: nn.Module, x: Tensor, target:
     randomized = copy.deepcopy(model)
     modules = dict(randomized.named_modules())
     if layers is None:
+        names = [name for name, m in reversed(modules.items()) if hasattr(m, "reset_parameters")]
         owners = [name for name, m in modules.items() if list(m.parameters(recurse=False))]
-        names = [name for name in reversed(owners) if hasattr(modules[name], "reset_parameters")]
         skipped = sorted(set(owners) - set(names))
         if skipped:
             warnings.warn(f"randomization_check cannot re-initialise {skipped} (no "
@@ -110,9 +113,9 @@ def grouped_randomization(explain: Explainer, model: nn.Module, x: Tensor,
     """`randomization_check` with layers re-initialised in groups, one row per group.
 
     `groups` maps a row label to module-name prefixes (in cascade order, output first): the
-    group re-initialises every module with its own parameters and `reset_parameters()` whose
-    name equals a prefix or starts with it and a dot; the prefix "" matches every module, so
-    `{"all": [""]}` randomises the whole model in one step. The model is not modified.
+    group re-initialises every module with a `reset_parameters()` method whose name equals a
+    prefix or starts with it and a dot; the prefix "" matches every module, so `{"all": [""]}`
+    randomises the whole model in one step. The model is not modified.
 
     Example:
         >>> from smoothgrad.methods import gradient
@@ -166,13 +169,13 @@ class _Grouped(nn.Module):
         super().__init__()
         self.model = model
         owners = [(name, m) for name, m in model.named_modules()
-                  if list(m.parameters(recurse=False)) and hasattr(m, "reset_parameters")]
+                  if hasattr(m, "reset_parameters")]  # as randomization_check's default
         members = []
         for label, prefixes in groups.items():
             chosen = [m for name, m in owners if any(
                 p == "" or name == p or name.startswith(f"{p}.") for p in prefixes)]
             if not chosen:
-                raise ValueError(f"layer group {label!r} matches no module with parameters")
+                raise ValueError(f"layer group {label!r} matches no module with reset_parameters()")
             members.append(_Group(chosen, model.training))
         self.groups = nn.ModuleList(members)
         self.training = self.groups.training = model.training

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from smoothgrad.errors import UserError
+
 __all__ = ["ModelError"]
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """A model cannot be built or loaded; the message is one line meant for the user."""

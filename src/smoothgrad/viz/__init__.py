@@ -36,6 +36,7 @@ from smoothgrad.viz.figures import (
     row_figure,
     save,
 )
+from smoothgrad.viz.labels import captioned, class_label
 
 __all__ = [
     "Activation",
@@ -43,6 +44,8 @@ __all__ = [
     "Reduce",
     "Row",
     "Style",
+    "captioned",
+    "class_label",
     "colorize",
     "comparison_figure",
     "convergence_figure",

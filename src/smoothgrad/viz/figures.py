@@ -111,14 +111,18 @@ def convergence_figure(
     size: tuple[float, float] = (5.0, 3.5),
     dpi: float = 100.0,
 ) -> Figure:
-    """Error against sample count on log-log axes, one line per entry of ``errors``.
+    """Error against sample count on a log x axis, one line per entry of ``errors``.
 
     A dotted ``∝ 1/√n`` guide starts at the first line's first point (Monte-Carlo error falls
-    that way); ``tol`` adds a horizontal line. None values are left out of their line.
+    that way); ``tol`` adds a horizontal line. None values are left out of their line. The y
+    axis is logarithmic (labels at 1, 2 and 5 times powers of ten) when the plotted values
+    span a decade or more, linear otherwise, so that it always carries several labels.
 
     >>> fig = convergence_figure([2, 20, 200], {"vs reference": [1.0, 0.32, 0.1]}, tol=0.1)
     >>> [line.get_label() for line in fig.axes[0].get_lines()]
     ['vs reference', '∝ 1/√n', 'tol 0.1']
+    >>> fig.axes[0].get_yscale(), convergence_figure([2, 5], {"a": [4.6, 1.3]}).axes[0].get_yscale()
+    ('log', 'linear')
     """
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, NullLocator
@@ -127,22 +131,28 @@ def convergence_figure(
         raise ValueError("every error series needs one value per sample count")
     fig = Figure(figsize=size, dpi=dpi, layout="constrained")
     ax = fig.subplots()
+    plotted: list[float] = []
     for label, values in errors.items():
         points = [(n, v) for n, v in zip(samples, values, strict=True) if v is not None]
         ax.plot(*zip(*points, strict=True), marker="o", label=label)
+        plotted += [v for _, v in points]
     first = next(iter(errors.values()), [None])[0]
     if first is not None:
-        ax.plot(samples, [first * (samples[0] / n) ** 0.5 for n in samples], ":", color="gray",
-                label="∝ 1/√n")
+        guide = [first * (samples[0] / n) ** 0.5 for n in samples]
+        ax.plot(samples, guide, ":", color="gray", label="∝ 1/√n")
+        plotted += guide
     if tol is not None:
         ax.axhline(tol, color="black", linewidth=0.8, linestyle="--", label=f"tol {tol:g}")
+        plotted.append(tol)
     ax.set_xscale("log")
-    ax.set_yscale("log")
     ax.set_xticks(samples, [f"{n:g}" for n in samples], minor=False)
     ax.xaxis.set_minor_locator(NullLocator())
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_formatter(FuncFormatter(  # label 0.2, 0.5, 2, 5, ... between decades
-        lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+    positive = [v for v in plotted if v > 0]
+    if positive and max(positive) >= 10 * min(positive):
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(  # label 0.2, 0.5, 2, 5, ... between decades
+            lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
     ax.set_xlabel("samples n")
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)

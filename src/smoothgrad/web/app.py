@@ -1,10 +1,12 @@
 """The Starlette application: one static page, an upload that answers with server-sent events.
 
 ``POST /api/explain`` takes the image as the request body (or ``?sample=NAME``) and the
-settings in the query string. A bad request is answered at once with a JSON ``error``
-(size limit, non-image, truncated file, decompression bomb, bad setting); otherwise the
-response is an event stream (``text/event-stream``, one JSON ``data:`` line per event)
-that lasts as long as the job. When the page goes, the stream is cancelled and so is the job.
+settings in the query string (``method``, ``noise``, ``samples``, ``strip``, ``seed``, and
+``target``: a class index or label, by default the prediction). A bad request is answered
+at once with a JSON ``error`` (size limit, non-image, truncated file, decompression bomb,
+bad setting, unknown class); otherwise the response is an event stream
+(``text/event-stream``, one JSON ``data:`` line per event) that lasts as long as the job.
+When the page goes, the stream is cancelled and so is the job.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from starlette.staticfiles import StaticFiles
 
 from smoothgrad import images
 from smoothgrad.config import DEFAULT_NOISE
-from smoothgrad.models import LoadedModel
+from smoothgrad.models import LoadedModel, ModelError
 from smoothgrad.web.jobs import MAX_SAMPLES, METHODS, Job, Results, Scheduler, Settings
 
 __all__ = ["MAX_UPLOAD", "create_app"]
@@ -112,6 +114,7 @@ async def _info(request: Request) -> Response:
     served = _served(request)
     return JSONResponse({"model": served.model_name, "methods": METHODS,
                          "samples": sorted(images.sample_images()),
+                         "labels": served.scheduler.model.labels,
                          "max_upload": served.max_upload, "max_samples": MAX_SAMPLES})
 
 
@@ -137,7 +140,7 @@ async def _download(request: Request) -> Response:
 async def _explain(request: Request) -> Response:
     served = _served(request)
     try:
-        settings = _settings(request.query_params)
+        settings = _settings(request.query_params, served.scheduler.model)
         image, name = await _image(request, served.workdir, served.max_upload)
     except BadRequest as exc:
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
@@ -172,13 +175,17 @@ async def _stream(job: Job, scheduler: Scheduler,
         scheduler.cancel(job)
 
 
-def _settings(query: Any) -> Settings:
+def _settings(query: Any, model: LoadedModel) -> Settings:
     try:
+        target = query.get("target", "").strip()
         return Settings(method=query.get("method", "gradient"),
                         noise=float(query.get("noise", DEFAULT_NOISE)),
                         samples=int(query.get("samples", "50")),
                         strip=query.get("strip", "1") not in ("0", "false", ""),
-                        seed=int(query.get("seed", "0")))
+                        seed=int(query.get("seed", "0")),
+                        target=model.class_index(target) if target else None)
+    except ModelError as exc:  # an unknown class: the message names it and close matches
+        raise BadRequest(str(exc)) from None
     except ValueError as exc:
         raise BadRequest(str(exc) if "must" in str(exc) or "unknown" in str(exc)
                          else f"bad setting: {exc}") from None

@@ -1,8 +1,9 @@
 """The work behind the page: one explanation job at a time on the model, events as it goes.
 
 A `Job` is explained by `explain`, which reports through `emit` (JSON-ready dicts): the
-input, the top-5, the plain map, the smoothed map after every pass with its relative error
-and flip rate, the standard-error map, a strip of maps over σ, then the downloads. The
+input, the top-5, the plain map, the class every map explains (the prediction, or the
+page's choice) with its probability, the smoothed map after every pass with its relative
+error and flip rate, the standard-error map, a strip of maps over σ, then the downloads. The
 `Scheduler` runs jobs one after the other in a worker thread, tells waiting jobs how many
 are ahead of them, and stops a job (between two passes) once its page has gone.
 No web framework is imported here.
@@ -28,7 +29,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from smoothgrad import display, methods
+from smoothgrad import display, methods, viz
 from smoothgrad.config import DEFAULT_NOISE
 from smoothgrad.engine import smooth
 from smoothgrad.files import one_line
@@ -61,13 +62,15 @@ class Stopped(Exception):
 
 @dataclass(frozen=True)
 class Settings:
-    """What the page asked for: method name, relative σ, samples, whether to draw the strip."""
+    """What the page asked for: method name, relative σ, samples, whether to draw the strip,
+    the class to explain (None: the prediction)."""
 
     method: str = "gradient"
     noise: float = DEFAULT_NOISE
     samples: int = 50
     strip: bool = True
     seed: int = 0
+    target: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -149,18 +152,24 @@ def explain(model: LoadedModel, job: Job) -> dict[str, bytes]:
     emit({"type": "input", "image": data_url(np.asarray(model.crop(job.image)))})
     emit({"type": "top5", "classes": [{"label": label, "probability": round(p, 4)}
                                       for label, p in model.top_k(x)]})
-    # every map explains the clean prediction (smooth's default target), the top-1 above
-    plain = smooth(model, x, method=settings.base, samples=1, noise=0.0).attribution
+    # every map explains settings.target, or the clean prediction (the top-1 above)
+    base = smooth(model, x, method=settings.base, target=settings.target, samples=1, noise=0.0)
+    plain = base.attribution
     emit({"type": "plain", "image": data_url(display.map_picture(plain[0]))})
+    label = display.explained(base, 0, model.labels) or ""
+    emit({"type": "explained", "label": label, "class": model.labels[int(base.target[0])]
+          if base.target is not None else None})
     result = _smoothed(model, x, job)
     smoothed = display.map_picture(result.attribution[0])
     stderr = display.map_picture(result.stderr[0], colormap="magma")
     emit({"type": "stderr", "image": data_url(stderr)})
     if settings.strip:
         _strip(model, x, job)
-    return {"smoothed.png": png(smoothed), "plain.png": png(display.map_picture(plain[0])),
-            "stderr.png": png(stderr), "smoothed.npy": npy(result.attribution[0]),
-            "plain.npy": npy(plain[0]), "stderr.npy": npy(result.stderr[0])}
+    pictures = {"smoothed": smoothed, "plain": display.map_picture(plain[0]), "stderr": stderr}
+    return {**{f"{name}.png": png(viz.captioned(picture, label))  # figures name their class
+               for name, picture in pictures.items()},
+            "smoothed.npy": npy(result.attribution[0]), "plain.npy": npy(plain[0]),
+            "stderr.npy": npy(result.stderr[0])}
 
 
 def _smoothed(model: nn.Module, x: Tensor, job: Job) -> SmoothResult:
@@ -184,8 +193,9 @@ def _smoothed(model: nn.Module, x: Tensor, job: Job) -> SmoothResult:
 
     # about ten passes, so the page sees the map settle (the library's default is larger)
     rows = max(1, min(8, settings.samples // 10))
-    return smooth(model, x, method=settings.base, samples=settings.samples,
-                  noise=settings.noise, batch_size=rows, seed=settings.seed, callback=report)
+    return smooth(model, x, method=settings.base, target=settings.target,
+                  samples=settings.samples, noise=settings.noise, batch_size=rows,
+                  seed=settings.seed, callback=report)
 
 
 def _strip(model: nn.Module, x: Tensor, job: Job) -> None:
@@ -193,8 +203,8 @@ def _strip(model: nn.Module, x: Tensor, job: Job) -> None:
     for noise in STRIP_NOISE:
         if job.stop.is_set():
             raise Stopped
-        result = smooth(model, x, method=job.settings.base, samples=samples, noise=noise,
-                        seed=job.settings.seed)
+        result = smooth(model, x, method=job.settings.base, target=job.settings.target,
+                        samples=samples, noise=noise, seed=job.settings.seed)
         job.emit({"type": "strip", "noise": noise, "samples": result.samples,
                   "relative_error": _number(float(result.relative_error()[0])),
                   "image": data_url(display.map_picture(result.attribution[0]))})

@@ -36,6 +36,7 @@ async function start() {
     $("method").add(new Option(title, name));
   }
   $("samples-n").max = info.max_samples;
+  for (const label of info.labels) $("classes").append(new Option(label));
   for (const name of info.samples) {
     const button = document.createElement("button");
     button.type = "button";
@@ -79,6 +80,7 @@ function reset() {
   for (const id of ["input", "plain", "smoothed", "stderr"]) $(id).removeAttribute("src");
   $("smoothed").dataset.updates = "0";
   $("top5").innerHTML = "";
+  $("explained").textContent = "";
   $("live").textContent = "";
   $("strip-maps").innerHTML = "";
   $("strip-box").hidden = true;
@@ -100,6 +102,7 @@ async function run() {
   const method = $("method").value;
   const params = new URLSearchParams({method, samples, noise: $("noise").value / 100,
                                       strip: $("strip").checked ? "1" : "0"});
+  if ($("target").value.trim()) params.set("target", $("target").value.trim());
   if (chosen.sample) params.set("sample", chosen.sample);
   else params.set("filename", chosen.file.name);
   $("plain-title").textContent = info.methods[method];
@@ -160,6 +163,7 @@ function handle(event, samples) {
     case "top5":
       for (const c of event.classes) {
         const li = document.createElement("li");
+        li.dataset.label = c.label;
         li.textContent = `${c.label} ${c.probability.toFixed(3)}`;
         const bar = document.createElement("span");
         bar.className = "bar";
@@ -169,6 +173,10 @@ function handle(event, samples) {
       }
       break;
     case "plain": $("plain").src = event.image; setStatus("Smoothing…"); break;
+    case "explained":  // every map explains this class (the prediction, or the one chosen)
+      $("explained").textContent = `Explaining ${event.label}`;
+      for (const li of $("top5").children) li.classList.toggle("explained", li.dataset.label === event.class);
+      break;
     case "progress": {
       setStatus(`Smoothing: ${event.done} / ${event.total} samples`, event.done / event.total);
       const flips = event.flip_rate === null ? "" : ` · flip rate ${percent(event.flip_rate)}`;
