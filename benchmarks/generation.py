@@ -20,9 +20,12 @@ The tokenizer is a word-level one over the words t0..t50255 and <|endoftext|> (G
 is not on this machine; with random weights only the ids matter).
 
 Times: every configuration in one process, one warm-up at n = 2, then `--rounds` rounds in
-which each runs once in turn (A B C … A B C …): medians and medians of per-round ratios.
-Peak memory: each configuration once more, alone in a fresh process (peak resident size,
-VmHWM, reset after a warm-up call at n = 2, minus what the process held before the call).
+which each runs once in turn (A B C … A B C …): medians of wall and process CPU seconds
+(the machine is shared: CPU seconds move less with others' load) and medians of per-round
+ratios; the 1-minute load average is recorded before every round. Peak memory (interpreto
+and ours; Captum's loop, one copy at a time, is the floor and not compared): each
+configuration once more, alone in a fresh process (peak resident size, VmHWM, reset after a
+warm-up call at n = 2, minus what the process held before the call).
 
     python benchmarks/generation.py                      # the issue's setting (~15 min quiet)
     python benchmarks/generation.py --layers 2 --rounds 1 --samples 4   # a quick look
@@ -34,6 +37,7 @@ import argparse
 import functools
 import json
 import multiprocessing
+import os
 import statistics
 import subprocess
 import time
@@ -175,21 +179,40 @@ def peak_memory(args: argparse.Namespace, which: str, size: int) -> float:
 
 
 def timings(args: argparse.Namespace, configs: list[tuple[str, int]]
-            ) -> tuple[list[list[float]], list[torch.Tensor]]:
-    """Seconds per round of each configuration, and each one's last matrix."""
+            ) -> tuple[list[list[float]], list[list[float]], list[torch.Tensor]]:
+    """Wall and CPU seconds per round of each configuration, and each one's last matrix."""
     torch.set_num_threads(args.threads)
     for which, size in configs:
         _explainer(args, which, size, 2)()
     runs = [_explainer(args, which, size, args.samples) for which, size in configs]
     times: list[list[float]] = [[] for _ in runs]
+    cpu: list[list[float]] = [[] for _ in runs]
     matrices: list[torch.Tensor] = [torch.zeros(0)] * len(runs)
     for _ in range(args.rounds):
+        load = os.getloadavg()[0]
         for i, run in enumerate(runs):
-            started = time.perf_counter()
+            started, used = time.perf_counter(), time.process_time()
             matrices[i] = run()
             times[i].append(time.perf_counter() - started)
-        print("# round:", " ".join(f"{row[-1]:.2f}" for row in times), flush=True)
-    return times, matrices
+            cpu[i].append(time.process_time() - used)
+        print(f"# round (load {load:.1f} before): wall",
+              " ".join(f"{row[-1]:.2f}" for row in times), "| cpu",
+              " ".join(f"{row[-1]:.2f}" for row in cpu), flush=True)
+    return times, cpu, matrices
+
+
+def _table(rows: list[dict[str, Any]], times: list[list[float]]) -> None:
+    """The Markdown table: medians, ratios to Captum's time and to interpreto's memory."""
+    memory = {row["which"]: row["peak_extra_mib"] for row in rows}.get("interpreto")
+    print("\n| implementation | median wall s | median CPU s | peak extra MiB | "
+          "Captum's time / this | this memory / interpreto's |\n|---|---|---|---|---|---|")
+    for row, seconds in zip(rows, times, strict=True):
+        speedup = statistics.median(a / b for a, b in zip(times[0], seconds, strict=True))
+        peak = row["peak_extra_mib"]
+        shown = "—" if peak is None else f"{peak:.0f}"
+        ratio = "—" if peak is None or not memory else f"{peak / memory:.2f}"
+        print(f"| {_name(row['which'], row['size'])} | {row['median']:.1f} | "
+              f"{row['cpu_median']:.1f} | {shown} | {speedup:.2f} | {ratio} |")
 
 
 def _name(which: str, size: int) -> str:
@@ -221,23 +244,19 @@ def main() -> None:
     if args.interpreto:
         configs.append(("interpreto", args.interpreto))
     configs += [("ours", size) for size in args.ours]
-    times, matrices = timings(args, configs)
+    times, cpu, matrices = timings(args, configs)
     ours = matrices[-1][:, : args.tokens].double()
     captum = matrices[0]
     print(f"# ours vs Captum on the same noise: max |difference| / max |value| = "
           f"{float((ours - captum).abs().max() / captum.abs().max()):.2e}")
     rows = []
-    for (which, size), seconds in zip(configs, times, strict=True):
-        rows.append({"which": which, "size": size, "seconds": seconds,
-                     "median": statistics.median(seconds),
-                     "peak_extra_mib": peak_memory(args, which, size)})
+    for (which, size), seconds, used in zip(configs, times, cpu, strict=True):
+        peak = peak_memory(args, which, size) if which != "captum" else None
+        rows.append({"which": which, "size": size, "seconds": seconds, "cpu_seconds": used,
+                     "median": statistics.median(seconds), "cpu_median": statistics.median(used),
+                     "peak_extra_mib": peak, "load_after": os.getloadavg()[0]})
         print(json.dumps(rows[-1]), flush=True)
-    print("\n| implementation | median s | peak extra MiB | Captum's time / this |"
-          "\n|---|---|---|---|")
-    for row, seconds in zip(rows, times, strict=True):
-        speedup = statistics.median(a / b for a, b in zip(times[0], seconds, strict=True))
-        print(f"| {_name(row['which'], row['size'])} | {row['median']:.1f} | "
-              f"{row['peak_extra_mib']:.0f} | {speedup:.2f} |")
+    _table(rows, times)
     after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"# uptime after: {after}")
     if args.json:
