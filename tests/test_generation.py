@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 import smoothgrad as sg
+from smoothgrad.errors import OptionError
 from smoothgrad.forcing import Forced, positions, target_maps
 from smoothgrad.layers import sequence_normal
 
@@ -393,18 +394,34 @@ def test_result_renders_html_text_and_figure(tok: Any) -> None:
     ({"max_new_tokens": 1, "batch_size": 0}, "batch_size must be"),
 ])
 def test_bad_arguments_are_named(options: dict[str, Any], message: str, tok: Any) -> None:
-    with pytest.raises(ValueError, match=message):
+    """Each is the user's to fix (an OptionError: the CLI shows one line, exit 2)."""
+    with pytest.raises(OptionError, match=message):
         sg.text.explain_generation(model("gpt2"), tok, PROMPT, **options)
 
 
 def test_empty_prompt_and_non_models_are_refused(tok: Any) -> None:
-    with pytest.raises(ValueError, match="has no tokens"):
+    with pytest.raises(OptionError, match="has no tokens"):
         sg.text.explain_generation(model("gpt2"), lm_models.tokenizer(bos=False), "",
                                    max_new_tokens=1)
     with pytest.raises(ValueError, match="prompts must be"):
         sg.text.explain_generation(model("gpt2"), tok, [], max_new_tokens=1)
     with pytest.raises(TypeError, match="causal language model"):
         sg.text.explain_generation(nn.Linear(2, 2), tok, PROMPT, max_new_tokens=1)
+
+
+def test_prompts_past_the_models_positions_are_refused(tok: Any) -> None:
+    """The tiny GPT-2 has 64 positions: a 61-token prompt reads 64 with 4 new tokens (the
+    last is scored, never read); 5 new tokens, or a 5-token continuation, are refused by
+    name (they raised an IndexError from the position embeddings)."""
+    prompt = " ".join(["w1"] * 60)
+    shown = sg.text.explain_generation(model("gpt2"), tok, prompt, max_new_tokens=4, samples=1)
+    assert shown.scores.shape == (4, 65)
+    with pytest.raises(OptionError, match=r"max_new_tokens: .* 61 tokens, and 5 more .* 64 "
+                                          r"positions it has \(at most 4 more\)"):
+        sg.text.explain_generation(model("gpt2"), tok, prompt, max_new_tokens=5, samples=1)
+    with pytest.raises(OptionError, match=r"continuation: .*\(the prompt alone is too long"):
+        sg.text.explain_generation(model("gpt2"), tok, " ".join(["w1"] * 70),
+                                   continuation="w2", samples=1)
 
 
 def test_users_model_is_left_as_it_was(tok: Any) -> None:
@@ -481,6 +498,7 @@ def test_cli_continuation(lm_dir: Path, tmp_path: Path,
     (["--score", "logit"], "--score applies only with --generate"),
     (["--generate", "0"], "expected a positive integer"),
     (["--generate", "2", "--continuation", "w1"], "not allowed with argument"),
+    (["--generate", "64"], "--generate: prompt 'w1 M w3 w4 w7' has 6 tokens, and 64 more"),
 ])
 def test_cli_generate_errors(argv: list[str], message: str, lm_dir: Path, tmp_path: Path,
                              capsys: pytest.CaptureFixture[str]) -> None:

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from smoothgrad.config import DEFAULT_NOISE, as_integer, as_real
+from smoothgrad.errors import OptionError
 from smoothgrad.forcing import METHODS, SCORES, Forced, Score, target_maps
 from smoothgrad.generated import GenerationResult
 from smoothgrad.guard import explaining, gradients_on
@@ -117,24 +118,24 @@ def explain_generation(
 
 def _checked(model: nn.Module, texts: list[str], max_new_tokens: int | None,
              continuation: object, **given: Any) -> _Options:
-    """The options, each checked, or a ValueError naming the argument."""
+    """The options, each checked, or an OptionError (a ValueError) naming the argument."""
     if not isinstance(model, nn.Module) or not callable(
             getattr(model, "get_input_embeddings", None)):
         raise TypeError("model must be a causal language model with get_input_embeddings() "
                         f"(a Hugging Face *ForCausalLM), not {type(model).__name__}")
     if not texts or not all(isinstance(text, str) for text in texts):
-        raise ValueError("prompts must be a string or a non-empty list of strings")
+        raise OptionError("prompts must be a string or a non-empty list of strings")
     if (max_new_tokens is None) == (continuation is None):
-        raise ValueError("give either max_new_tokens (generate greedily) or continuation "
+        raise OptionError("give either max_new_tokens (generate greedily) or continuation "
                          "(the target text), not both or neither")
     new_tokens = None if max_new_tokens is None else as_integer("max_new_tokens",
                                                                 max_new_tokens, low=1)
     if given["method"] not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {given['method']!r}")
+        raise OptionError(f"method must be one of {', '.join(METHODS)}, got {given['method']!r}")
     if given["reduce"] not in REDUCTIONS:
-        raise ValueError(f"reduce must be one of {', '.join(REDUCTIONS)}, got {given['reduce']!r}")
+        raise OptionError(f"reduce must be one of {', '.join(REDUCTIONS)}, got {given['reduce']!r}")
     if given["score"] not in SCORES:
-        raise ValueError(f"score must be one of {', '.join(SCORES)}, got {given['score']!r}")
+        raise OptionError(f"score must be one of {', '.join(SCORES)}, got {given['score']!r}")
     size = given["batch_size"]
     device = next(model.parameters()).device
     rows = default_batch_size(device) if size == "auto" else as_integer("batch_size", size, low=1)
@@ -151,7 +152,7 @@ def _continuations(continuation: str | Sequence[str] | None, n: int) -> list[str
     given: list[str | None] = ([continuation] * n if isinstance(continuation, str)
                                else list(continuation))
     if len(given) != n or not all(isinstance(text, str) and text for text in given):
-        raise ValueError(f"continuation must be one non-empty string or {n} of them "
+        raise OptionError(f"continuation must be one non-empty string or {n} of them "
                          "(one per prompt)")
     return given
 
@@ -162,13 +163,16 @@ def _sequence(model: nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int
     device = next(model.parameters()).device
     ids = torch.as_tensor(tokenizer(prompt)["input_ids"], dtype=torch.long, device=device)
     if ids.numel() == 0:
-        raise ValueError(f"prompt {prompt!r} has no tokens")
+        raise OptionError(f"prompt {prompt!r} has no tokens")
     if continuation is not None:
         targets = torch.as_tensor(tokenizer(continuation, add_special_tokens=False)["input_ids"],
                                   dtype=torch.long, device=device)
         if targets.numel() == 0:
-            raise ValueError(f"continuation {continuation!r} has no tokens")
+            raise OptionError(f"continuation {continuation!r} has no tokens")
+        _check_length(model, prompt, ids.shape[0], targets.shape[0], "continuation")
     else:
+        assert max_new_tokens is not None
+        _check_length(model, prompt, ids.shape[0], max_new_tokens, "max_new_tokens")
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
             else tokenizer.eos_token_id
         with torch.no_grad():
@@ -180,6 +184,18 @@ def _sequence(model: nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int
     special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long,
                            device=device)
     return _Sequence(prompt, full, ids.shape[0], ~torch.isin(full, special))
+
+
+def _check_length(model: nn.Module, prompt: str, length: int, count: int, name: str) -> None:
+    """Refuse a prompt whose `count` targets would take the model past its positions (the
+    last target is scored, never read: prompt + targets − 1 positions are read)."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and length + count - 1 > limit:
+        shown = prompt if len(prompt) <= 40 else prompt[:37] + "..."
+        room = limit + 1 - length
+        allowed = f"at most {room} more" if room > 0 else "the prompt alone is too long"
+        raise OptionError(f"{name}: prompt {shown!r} has {length} tokens, and {count} more "
+                          f"take the model past the {limit} positions it has ({allowed})")
 
 
 def _padded(part: list[_Sequence], pad: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:

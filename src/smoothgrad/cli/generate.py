@@ -23,6 +23,7 @@ from smoothgrad.cli.common import check_output_folder, say
 from smoothgrad.cli.options import positive_int, smoothing
 from smoothgrad.cli.parser import UsageError
 from smoothgrad.config import DEFAULT_NOISE
+from smoothgrad.errors import OptionError
 from smoothgrad.files import npy_bytes, write_all
 from smoothgrad.forcing import METHODS, SCORES
 from smoothgrad.generation import GenerationResult, explain_generation
@@ -35,6 +36,10 @@ _NOT_FOR_GENERATION = {  # option: (attribute, value when not given)
     "--aggregate": ("aggregate", "mean"), "--stdev": ("stdev", None),
     "--antithetic": ("antithetic", False), "--max-length": ("max_length", None),
 }
+
+
+_OPTIONS = {"max_new_tokens": "--generate", "continuation": "--continuation"}
+"""explain_generation's arguments that a prompt's length can make too large, as options."""
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
@@ -97,11 +102,17 @@ def run(args: argparse.Namespace) -> int:
     lm = hf.load_causal_lm(args.model, device=args.device, quiet=args.quiet,
                            progress=sys.stderr.isatty())  # like explain-text's bars
     noise = DEFAULT_NOISE if args.noise is None else args.noise
-    shown = explain_generation(
-        lm.module, lm.tokenizer, list(args.texts), max_new_tokens=args.generate,
-        continuation=args.continuation, method=args.method, samples=args.samples,
-        noise=noise, seed=args.seed, reduce=args.reduce or "norm", score=args.score,
-        batch_size=args.batch_size)
+    try:
+        shown = explain_generation(
+            lm.module, lm.tokenizer, list(args.texts), max_new_tokens=args.generate,
+            continuation=args.continuation, method=args.method, samples=args.samples,
+            noise=noise, seed=args.seed, reduce=args.reduce or "norm", score=args.score,
+            batch_size=args.batch_size)
+    except OptionError as exc:  # a prompt too long for its continuation: name the option
+        name, _, rest = str(exc).partition(": ")
+        if name not in _OPTIONS:
+            raise
+        raise UsageError(f"{_OPTIONS[name]}: {rest}") from None
     assert isinstance(shown, list)
     _show(args, shown)
     heading = f"smoothgrad explain-text --generate: {args.method} on {lm.name}"
