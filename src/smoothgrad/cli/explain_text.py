@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from smoothgrad import hf
+from smoothgrad.cli import generate
 from smoothgrad.cli.common import check_output_folder, say, target_of
 from smoothgrad.cli.options import add_smoothing_options, add_target_option, positive_int, smoothing
 from smoothgrad.cli.parser import Parser, UsageError, subcommand
@@ -33,6 +34,7 @@ EXAMPLES = """examples:
   smoothgrad explain-text "w3 w0 w7" "w1 w9" --model hf:DIR --method integrated_gradients
   smoothgrad explain-text "..." --model hf:DIR --reduce sum --normalize l1 --samples 100
   smoothgrad explain-text "a fine film" --model hf:DIR --fast
+  smoothgrad explain-text "The capital of France is" --model hf:./gpt2 --generate 8
 """
 
 
@@ -67,6 +69,7 @@ def add(commands: Any) -> None:
     parser.add_argument("--out", type=Path, default=Path("smoothgrad-out"),
                         help="output folder for explain-text.html and text-K.png "
                              "(default: smoothgrad-out)")
+    generate.add_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -91,6 +94,8 @@ def _show(args: argparse.Namespace, model: hf.TextModel, shown: TextMaps) -> Non
 
 def run(args: argparse.Namespace) -> int:
     """`smoothgrad explain-text`: everything is checked before anything is written."""
+    if generate.wanted(args):
+        return generate.run(args)
     if not hf.is_hf(args.model):
         raise UsageError("--model: explain-text needs a Hugging Face directory, hf:DIR")
     smoothing(args)  # every smoothing option checked before the model loads
