@@ -88,6 +88,7 @@ class Place:
     photos: Path
     bert: Path
     other_bert: Path
+    lm: Path  # a tiny causal LM (GPT-2) for explain-text --generate
     counter: int = 0
 
     def fresh(self) -> Path:
@@ -98,6 +99,7 @@ class Place:
 @pytest.fixture(scope="module")
 def place(tmp_path_factory: pytest.TempPathFactory) -> Place:
     pytest.importorskip("transformers")
+    from lm_models import causal_lm, save
     from text_models import tiny_bert
 
     root = tmp_path_factory.mktemp("options")
@@ -115,7 +117,9 @@ def place(tmp_path_factory: pytest.TempPathFactory) -> Place:
     (root / "other-bert").mkdir()
     bert = tiny_bert(root / "bert", seed=0)
     other_bert = tiny_bert(root / "other-bert", seed=1)
-    return Place(root, tiny, other, weights, bad_weights, photos, bert, other_bert)
+    (root / "lm").mkdir()
+    lm = save(causal_lm("gpt2"), root / "lm")
+    return Place(root, tiny, other, weights, bad_weights, photos, bert, other_bert, lm)
 
 
 @dataclass
@@ -197,7 +201,7 @@ class Runs:
         fill = {"tiny": place.tiny, "other": place.other, "weights": str(place.weights),
                 "bad_weights": str(place.bad_weights), "photos": str(place.photos),
                 "bert": str(place.bert), "other_bert": str(place.other_bert),
-                "out": str(folder)}
+                "lm": str(place.lm), "out": str(folder)}
         return [part.format(**fill) for part in (*BASE[command], *args)]
 
     def _run(self, command: str, args: tuple[str, ...], folder: Path) -> Outcome:
@@ -745,11 +749,85 @@ def text_gives(model: str = "bert", **options: Any) -> Check:
     return check
 
 
+def fast_text(done: Outcome, runs: Runs) -> None:
+    """--fast: the scores are `explain_text(..., fast=True)`'s and the precision used is
+    printed (float32 here at 2 samples, too few to check bfloat16: the scores may not move)."""
+    from smoothgrad.text import explain_text
+
+    ok(done)
+    loaded = hf.load(f"hf:{runs.place.bert}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = explain_text(loaded, [TEXT], samples=2, batch_size=8, fast=True)
+    assert want.result.precision is not None
+    assert want.texts[0].to_text() in done.out, (want.texts[0].to_text(), done.out)
+    assert f"precision: {want.result.precision}" in done.out, done.out
+    assert "precision:" not in runs("explain-text").out
+
+
 def explained(label: str) -> Check:
     def check(done: Outcome, runs: Runs) -> None:
         text_gives(target=1 if label == "positive" else 0)(done, runs)
         assert re.search(rf"{label} .*<- explained", done.out), done.out
     return check
+
+
+GENERATE = ("--model", "hf:{lm}", "--generate", "2")
+"""explain-text's cheapest generation: the tiny causal LM writes 2 tokens after TEXT."""
+
+
+def generation_gives(top: int = 3, **options: Any) -> Check:
+    """The matrix written and the lines printed are `explain_generation`'s with these
+    options (the base run, a classifier's, writes no matrix)."""
+    def check(done: Outcome, runs: Runs) -> None:
+        from smoothgrad.text import explain_generation
+
+        ok(done)
+        if "lm" not in runs.text_models:
+            runs.text_models["lm"] = hf.load_causal_lm(f"hf:{runs.place.lm}")
+        lm = runs.text_models["lm"]
+        want = explain_generation(lm.module, lm.tokenizer, [TEXT], samples=2, batch_size=8,
+                                  **options)[0]
+        np.testing.assert_allclose(done.array("generation-1.npy"), want.to_numpy(), rtol=1e-5)
+        assert all(f"  {line}\n" in done.out for line in want.to_text(top).splitlines())
+        assert not list(runs("explain-text").folder.glob("generation-*"))
+    return check
+
+
+def differs_from_generate(what: Callable[[Outcome], Any]) -> Check:
+    """What the flag changes, against the same generation run without it."""
+    def check(done: Outcome, runs: Runs) -> None:
+        assert not np.array_equal(what(done), what(runs("explain-text", *GENERATE)))
+    return check
+
+
+def both(*checks: Check) -> Check:
+    def check(done: Outcome, runs: Runs) -> None:
+        for each in checks:
+            each(done, runs)
+    return check
+
+
+def holds(predicate: Callable[[Outcome], bool]) -> Check:
+    def check(done: Outcome, runs: Runs) -> None:
+        assert predicate(done), (done.out, done.err)
+    return check
+
+
+GENERATION_ROWS = [
+    Row("explain-text", "--generate", GENERATE, both(
+        generation_gives(max_new_tokens=2),
+        holds(lambda done: done.array("generation-1.npy").shape == (2, 6)))),
+    Row("explain-text", "--continuation", ("--model", "hf:{lm}", "--continuation", "w3 w4 w5"),
+        both(generation_gives(continuation="w3 w4 w5"),
+             holds(lambda done: "continuation: ' w3 w4 w5'" in done.out))),
+    Row("explain-text", "--score", (*GENERATE, "--score", "logit"), both(
+        generation_gives(max_new_tokens=2, score="logit"),
+        differs_from_generate(lambda done: done.array("generation-1.npy")))),
+    Row("explain-text", "--top", (*GENERATE, "--top", "1"), both(
+        generation_gives(top=1, max_new_tokens=2),
+        differs_from_generate(lambda done: done.out))),
+]
 
 
 TEXT_ROWS = [
@@ -773,7 +851,9 @@ TEXT_ROWS = [
     Row("explain-text", "--reduce", ("--reduce", "dot"), text_gives(reduce="dot")),
     Row("explain-text", "--normalize", ("--normalize", "l1"), text_gives(normalize="l1")),
     Row("explain-text", "--max-length", ("--max-length", "3"), text_gives(max_length=3)),
+    Row("explain-text", "--fast", ("--fast",), fast_text),
     Row("explain-text", "--out", (), lambda done, runs: done.file("explain-text.html")),
+    *GENERATION_ROWS,
 ]
 
 

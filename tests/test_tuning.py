@@ -229,3 +229,15 @@ def test_tuner_looks_between_only_where_the_larger_size_is_close() -> None:
     tuner = BatchTuner(8, 2, 19)
     tried = drive(tuner, {8: 0.087, 12: 0.095, 16: 0.105, 19: 0.132})
     assert tried == [8, 19] and tuner.finished and tuner.rows == 8
+
+
+def test_balanced_passes_stay_where_the_cost_per_row_was_flat() -> None:
+    """A call's passes are spread evenly up to BALANCE × the tuned size, but not into sizes
+    the search measured dearer (EfficientNet-Lite0: 8 rows tuned, 19 measured 1.5× the cost
+    per row; 50 copies went in passes of 10); where the cost was still falling, up to the cap."""
+    steep = BatchTuner(8, 2, 19)
+    drive(steep, {8: 0.087, 19: 0.132})
+    assert steep.rows == 8 and steep.balance_limit() == 8
+    falling = BatchTuner(8, 2, 4096)
+    drive(falling, fixed=10.0, work=0.01)
+    assert falling.balance_limit() == falling.most

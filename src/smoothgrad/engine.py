@@ -140,9 +140,6 @@ def checked_call(model: nn.Module, x: Any, config: SmoothConfig | None,
                                   if key not in loose}, caller="smooth", others=_KEYWORDS)
     if given.plain(x):
         check_input(x)
-    elif options.fast:
-        raise ValueError("fast=True explains one floating tensor; it cannot be combined with "
-                         "several inputs, forward_kwargs, layer, noise_mask or output")
     given_method = options.method
     method, per_call = _split_method(given_method, method_kwargs, examples(x), BY_NAME)
     if method is not given_method:

@@ -34,7 +34,7 @@ from smoothgrad.models.errors import ModelError
 from smoothgrad.models.loaded import LoadedModel, resolve_device
 from smoothgrad.outputs import pick
 
-__all__ = ["PREFIX", "Encoded", "TextModel", "is_hf", "load"]
+__all__ = ["PREFIX", "CausalLM", "Encoded", "TextModel", "is_hf", "load", "load_causal_lm"]
 
 PREFIX = "hf:"
 
@@ -176,6 +176,46 @@ def load(name: str | os.PathLike[str], device: str | torch.device | None = None,
         model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return TextModel(model.eval().to(target), tokenizer, f"{PREFIX}{path}", device=target)
+
+
+@dataclass(frozen=True)
+class CausalLM:
+    """A causal language model (`module`, a Hugging Face `*ForCausalLM` in eval mode) and its
+    tokenizer, for `smoothgrad.text.explain_generation(lm.module, lm.tokenizer, ...)`."""
+
+    module: nn.Module
+    tokenizer: Any
+    name: str
+    device: torch.device
+
+
+def load_causal_lm(name: str | os.PathLike[str], device: str | torch.device | None = None,
+                   *, progress: bool = True, quiet: bool = False) -> CausalLM:
+    """Load `hf:DIR` (or DIR): a local causal LM (`AutoModelForCausalLM`) and its tokenizer.
+
+    Nothing is downloaded (`local_files_only=True`); the model is returned in eval mode on
+    `device` (None: the CPU; "auto": see `smoothgrad.models.resolve_device`). `progress` and
+    `quiet` are `load`'s.
+    """
+    text = os.fspath(name)
+    path = Path(text[len(PREFIX):] if is_hf(text) else text).expanduser()
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise ModelError(f"model: {text!r} is not a directory written by save_pretrained "
+                         "(it needs config.json)")
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError:
+        raise ModelError("hf: models need the transformers package: "
+                         "pip install 'smoothgrad[text]'") from None
+    target = resolve_device(device)  # a device this machine lacks: refused before loading
+    with _silenced(bars=not progress or quiet, messages=quiet):
+        try:
+            model: nn.Module = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+        except ValueError as exc:  # a config of a model that has no causal-LM class
+            raise ModelError(f"model: {text!r} is not a causal language model "
+                             f"({str(exc).splitlines()[0]})") from None
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return CausalLM(model.eval().to(target), tokenizer, f"{PREFIX}{path}", target)
 
 
 @contextlib.contextmanager

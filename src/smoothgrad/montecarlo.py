@@ -31,6 +31,7 @@ from smoothgrad.methods.base import MeasuredWarning
 from smoothgrad.methods.registry import attributed, bounded, resolve_method, rows_per_input
 from smoothgrad.noise import standard_normal
 from smoothgrad.outputs import pick
+from smoothgrad.precision import Precision
 from smoothgrad.result import SmoothResult, relative_error, target_probability
 from smoothgrad.stats import SampleStats
 from smoothgrad.tuning import BatchTuner, Passes
@@ -66,6 +67,8 @@ def _loop(run: _Run, progress: Callable[[int], None] | None,
           callback: Callable[[SmoothResult], None] | None) -> None:
     """Passes until `run` has its samples (or has converged with samples="auto")."""
     auto = run.options.samples == "auto"
+    if progress is not None and run.done:
+        progress(run.done)  # samples the fast path's precision check already made
     while run.done < run.limit:
         copies = run.passes.copies()
         boundary = (run.done // AUTO_STEP + 1) * AUTO_STEP if auto else run.limit
@@ -148,9 +151,6 @@ class _Run:
         _warn_without_range(self.sigma.flatten(1).amax(dim=1) if self.sigma.dim() > 1
                             else self.sigma, options)
         self.runner = model
-        if options.fast:
-            from smoothgrad.fast import cached_copy
-            self.runner = cached_copy(model, self.x.clone(), self.target)
         self.explain = resolve_method(options.method)
         self.passes = Passes(model, self.x, method=options.method,
                              batch_size=options.batch_size, fast=options.fast,
@@ -162,6 +162,65 @@ class _Run:
         self.flips = torch.zeros(self.x.shape[0], device=self.x.device)
         self.notes: dict[str, Any] = {}
         self.done = 0
+        self.precision: Precision | None = None
+        if options.fast:
+            self.precision = self._go_fast(model)
+
+    def _go_fast(self, model: nn.Module) -> Precision:
+        """Explain optimised copies of the model (`smoothgrad.fast`): float32, or a reduced
+        precision where the device has one and `smoothgrad.precision`'s check on the call's
+        first noisy copies accepts it (those copies then count as the call's first samples)."""
+        from smoothgrad import fast, precision
+
+        dtype, why = precision.reduced_dtype(self.x.device)
+        auto = self.options.samples == "auto"
+        check = precision.check_samples(min(self.limit, 100) if auto else self.limit,
+                                        antithetic=self.options.antithetic)
+        if dtype is not None and not check:
+            dtype, why = None, f"too few samples ({self.limit}) to check a lower precision"
+        copies = fast.fast_subjects(model, self.subject, self.target, dtype)
+        self.subject, self.runner = copies.full, copies.full.model
+        if dtype is None or copies.reduced is None:
+            return copies.refused or precision.Precision("float32", why)
+        kept: dict[torch.dtype | None, list[Tensor]] = {}
+        first = min(max(check, self.passes.copies()), AUTO_STEP if auto else self.limit)
+
+        def attribute(reduced: torch.dtype | None) -> Tensor:
+            """The check's maps; in the reduced precision, from a whole first pass (small
+            passes cost up to 2× per row: weights are read once per pass)."""
+            chosen = copies.full if reduced is None else copies.reduced
+            assert chosen is not None
+            self.subject, self.runner = chosen, chosen.model
+            self.flips.zero_()
+            self.notes.clear()
+            self.done = 0
+            kept[reduced] = self._sampled(check if reduced is None else first)
+            return torch.cat(kept[reduced], dim=1)[:check]
+
+        decision = precision.decide(attribute, self.x.device, samples=self.limit,
+                                    paired=self.options.antithetic, candidate=(dtype, why),
+                                    tol=self.options.tol if auto else None)
+        if decision.reduced:
+            for stats, maps in zip(self.stats, kept[dtype], strict=True):
+                stats.update(maps)
+        else:
+            fast.remember(model, dtype, decision)
+            self.subject, self.runner = copies.full, copies.full.model
+            self.flips.zero_()
+            self.notes.clear()
+            self.done = 0
+        return decision
+
+    def _sampled(self, count: int) -> list[Tensor]:
+        """The maps of the first `count` noisy copies, (count, len(part), ...) per part, kept
+        apart from the running statistics."""
+        stats, self.stats = self.stats, [_Kept() for _ in self.passes.parts]  # type: ignore[misc]
+        try:
+            while self.done < count:
+                self.add(min(self.passes.copies(), count - self.done))
+            return [torch.cat(kept.maps) for kept in self.stats]  # type: ignore[attr-defined]
+        finally:
+            self.stats = stats
 
     def add(self, count: int) -> None:
         """Explain the next `count` noisy copies of every example."""
@@ -247,7 +306,18 @@ class _Run:
             target=resolved, sigma=self.shown_sigma, aggregate=main,
             flip_rate=None if resolved is None else self.flips / max(self.done, 1),
             inputs=self.inputs, method=self.options.method_name, probability=self.probability,
-            maps=maps, diagnostics=dict(self.notes))
+            maps=maps, diagnostics=dict(self.notes), precision=self.precision)
+
+
+class _Kept:
+    """Stands in for a part's `SampleStats` while the fast path checks a precision: keeps
+    each pass's maps."""
+
+    def __init__(self) -> None:
+        self.maps: list[Tensor] = []
+
+    def update(self, maps: Tensor) -> None:
+        self.maps.append(maps)
 
 
 def _warn_without_range(sigma: Tensor, options: SmoothConfig) -> None:

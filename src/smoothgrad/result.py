@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from smoothgrad.display import Panels
+    from smoothgrad.precision import Precision
 
 __all__ = ["MeanFieldFacts", "SmoothResult", "Validation", "relative_error",
            "target_probability"]
@@ -76,6 +77,8 @@ class SmoothResult(Generic[M]):
     the clean output (the class probability for a model that outputs logits), None for a
     callable target. aggregates: every aggregate computed in the same passes (`aggregate`
     first); `select(name)` gives the result for any of them.
+    precision: with fast=True, the precision the passes ran in and the check that chose it
+    (`smoothgrad.precision.Precision`); None otherwise.
     diagnostics: what the base method measured or applied (its notes), by name:
     ``deeplift_gap`` (N,), each example's largest relative summation gap of DeepLIFT over
     its noisy copies; ``extended_rule`` and ``unmodified``, the operations guided backprop
@@ -101,6 +104,7 @@ class SmoothResult(Generic[M]):
     mean_field: MeanFieldFacts | None = field(default=None, repr=False, compare=False)
     plain_pass: Callable[..., Tensor] | None = field(default=None, repr=False, compare=False)
     diagnostics: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    precision: Precision | None = None
 
     @property
     def aggregates(self) -> tuple[str, ...]:

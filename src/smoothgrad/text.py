@@ -20,11 +20,13 @@ from typing import Any
 import torch
 
 from smoothgrad.engine import smooth
+from smoothgrad.generation import GenerationResult, explain_generation
 from smoothgrad.hf import TextModel
 from smoothgrad.result import SmoothResult
 from smoothgrad.tokens import Normalize, TokenScores, html_page, token_scores
 
-__all__ = ["TEXT_METHODS", "TextMaps", "default_reduce", "explain_text"]
+__all__ = ["TEXT_METHODS", "GenerationResult", "TextMaps", "default_reduce",
+           "explain_generation", "explain_text"]
 
 _SIGNED = ("input_x_gradient", "integrated_gradients", "deeplift")
 TEXT_METHODS = ("gradient", "input_x_gradient", "guided_backprop", "integrated_gradients",

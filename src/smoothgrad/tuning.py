@@ -213,6 +213,15 @@ class BatchTuner:
         cheapest = min(self.cost.values())
         return min(rows for rows, cost in self.cost.items() if cost <= cheapest * 1.03)
 
+    def balance_limit(self) -> int:
+        """The most rows a balanced pass may hold: up to the memory cap where the best size is
+        the largest measured (the cost per row was still falling), else the largest measured
+        size within 3 % of the cheapest (a steeper rise above it is not worth an even split)."""
+        if not self.cost or self.best() == max(self.cost):
+            return self.most
+        cheapest = min(self.cost.values())
+        return max(rows for rows, cost in self.cost.items() if cost <= cheapest * 1.03)
+
     def out_of_memory(self, rows: int) -> None:
         """A pass of `rows` rows ran out of memory: never try as many again."""
         self.most = max(self.least, rows // 2)
@@ -259,7 +268,7 @@ class Passes:
             if not (tuner.finished or stops_early or self.examples * unit > tuner.rows):
                 self.tuner = tuner
             elif not stops_early:
-                self.most = tuner.most
+                self.most = tuner.balance_limit()
         else:
             self.fixed = int(batch_size)
         per_part = max(1, self.fixed // unit)
