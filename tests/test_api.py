@@ -121,14 +121,16 @@ def test_the_methods_package_names_methods_only() -> None:
 
 
 def test_the_explainer_keeps_its_models_pass_sizes() -> None:
-    """What is learnt about the model (the tuned pass size) stays on the explainer, not in
-    the process-wide cache; a plain `smooth` call still uses that cache."""
-    from smoothgrad import tuning
+    """What is learnt about the model (the tuned pass size, the fast copy) stays on the
+    explainer, not in the process-wide caches; a plain `smooth` call still uses those."""
+    from smoothgrad import fast, tuning
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
     explain = sg.SmoothGrad(model, samples=4)
     explain(torch.randn(2, 4))
-    assert len(explain.tuners) == 1 and tuning._TUNERS.get(model) is None
-    sg.smooth(model, torch.randn(2, 4), samples=4)
-    assert tuning._TUNERS.get(model)
+    explain(torch.randn(2, 4), fast=True)
+    assert len(explain.kept.tuners) == 2 and tuning._TUNERS.get(model) is None
+    assert model in explain.kept.copies and fast._CACHE.get(model) is None
+    sg.smooth(model, torch.randn(2, 4), samples=4, fast=True)
+    assert tuning._TUNERS.get(model) and fast._CACHE.get(model) is not None

@@ -28,15 +28,24 @@ from smoothgrad.inputs import Inputs
 from smoothgrad.result import SmoothResult
 from smoothgrad.tuning import BatchTuner
 
-__all__ = ["Call", "Estimator", "check_input"]
+__all__ = ["Call", "Estimator", "Kept", "check_input"]
+
+
+@dataclass
+class Kept:
+    """What an explainer keeps for its model from call to call: the pass-size tuners
+    (`smoothgrad.tuning`) and the fast path's copies (`smoothgrad.fast`)."""
+
+    tuners: dict[tuple[Any, ...], BatchTuner] = field(default_factory=dict)
+    copies: dict[nn.Module, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Call:
     """One call of `smooth`: the model, x, the options (validated, the method with its fixed
     keyword options bound), the requested target, the inputs beyond one tensor, the method's
-    per-example options, the caller's progress and callback functions, and the pass-size
-    tuners an explainer holds for its model (None: the process-wide ones)."""
+    per-example options, the caller's progress and callback functions, and what an
+    explainer keeps for its model (None: the process-wide caches)."""
 
     model: nn.Module
     x: Any
@@ -46,7 +55,7 @@ class Call:
     per_call: Mapping[str, Any] = field(default_factory=dict)
     progress: Callable[[int], None] | None = None
     callback: Callable[[SmoothResult[Any]], None] | None = None
-    tuners: dict[tuple[Any, ...], BatchTuner] | None = None
+    kept: Kept | None = None
 
 
 class Estimator(Protocol):

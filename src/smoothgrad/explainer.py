@@ -2,10 +2,10 @@
 
 `SmoothGrad(model, method=..., config=..., layer=..., output=...)` holds the model, the
 smoothing options, the inputs that describe the model (the layer noised, how its output is
-read) and what is learnt about the model (the tuned pass sizes, kept on the object instead
-of the process-wide cache); `explainer(x, target=..., forward_kwargs=...)` explains one
-batch with what comes with the data. This is the split Captum makes between an
-`Attribution`'s construction and its `attribute` call.
+read) and what is learnt about the model (the tuned pass sizes and the fast path's
+copies, kept on the object instead of the process-wide caches); `explainer(x, target=...,
+forward_kwargs=...)` explains one batch with what comes with the data. This is the split
+Captum makes between an `Attribution`'s construction and its `attribute` call.
 
 Example:
     >>> import torch, smoothgrad as sg
@@ -29,10 +29,10 @@ from typing_extensions import Unpack
 from smoothgrad import targets
 from smoothgrad.config import SmoothConfig, SmoothOptions, configured
 from smoothgrad.engine import X, checked_call, estimate
+from smoothgrad.estimator import Kept
 from smoothgrad.inputs import Inputs
 from smoothgrad.outputs import OutputFn
 from smoothgrad.result import SmoothResult
-from smoothgrad.tuning import BatchTuner
 
 __all__ = ["SmoothGrad"]
 
@@ -55,8 +55,8 @@ class SmoothGrad:
         self.config = configured(config, overrides, caller="SmoothGrad",
                                  others=("layer", "output"))
         self.inputs = Inputs(layer=layer, output=output)
-        self.tuners: dict[tuple[Any, ...], BatchTuner] = {}
-        """The pass-size tuners of this explainer's calls (`smoothgrad.tuning`)."""
+        self.kept = Kept()
+        """What is learnt about the model: its pass-size tuners and fast copies."""
 
     def __call__(self, x: X, target: targets.Requested = None, *,
                  forward_kwargs: Mapping[str, Any] | None = None,
@@ -72,7 +72,7 @@ class SmoothGrad:
                                     if value is not None})
         call, method = checked_call(self.model, x, self.config, target, inputs, method_kwargs,
                                     progress, callback, overrides)
-        return estimate(dataclasses.replace(call, tuners=self.tuners), method)
+        return estimate(dataclasses.replace(call, kept=self.kept), method)
 
     def __repr__(self) -> str:
         return f"SmoothGrad({type(self.model).__name__}, {self.config!r})"

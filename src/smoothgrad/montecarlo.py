@@ -7,7 +7,7 @@ by one `_Run`, which also assembles the `SmoothResult`.
 Example:
     >>> import torch
     >>> from smoothgrad.config import SmoothConfig
-    >>> from smoothgrad.estimator import Call
+    >>> from smoothgrad.estimator import Call, Kept
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
     >>> monte_carlo(Call(model, torch.randn(2, 4), SmoothConfig(samples=20, seed=0))).samples
     20
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from smoothgrad import targets
 from smoothgrad.config import SmoothConfig
-from smoothgrad.estimator import Call
+from smoothgrad.estimator import Call, Kept
 from smoothgrad.guard import explaining, gradients_on
 from smoothgrad.inputs import Inputs, bind, repeat_rows
 from smoothgrad.methods.base import MeasuredWarning
@@ -34,7 +34,7 @@ from smoothgrad.outputs import pick
 from smoothgrad.precision import Precision
 from smoothgrad.result import SmoothResult, relative_error, target_probability
 from smoothgrad.stats import SampleStats
-from smoothgrad.tuning import BatchTuner, Passes
+from smoothgrad.tuning import Passes
 
 __all__ = ["AUTO_STEP", "monte_carlo"]
 
@@ -55,7 +55,7 @@ def monte_carlo(call: Call) -> SmoothResult[Any]:
               warnings.catch_warnings(record=True) as caught):
             warnings.simplefilter("always")
             run = _Run(call.model, call.x, call.options, call.target, call.inputs,
-                       call.per_call, call.tuners)
+                       call.per_call, call.kept)
             _loop(run, call.progress, call.callback)
             result = run.result(final=True)
     finally:
@@ -128,8 +128,8 @@ class _Run:
 
     def __init__(self, model: nn.Module, x: Any, options: SmoothConfig,
                  target: targets.Requested, extras: Inputs, per_call: Mapping[str, Any],
-                 tuners: dict[tuple[Any, ...], BatchTuner] | None = None) -> None:
-        self.options = options
+                 kept: Kept | None = None) -> None:
+        self.options, self.copies = options, None if kept is None else kept.copies
         subject = extras.prepare(model, x)
         explained = subject.explained
         self.x = explained.detach().clone() if explained.is_inference() else explained.detach()
@@ -155,7 +155,8 @@ class _Run:
         self.passes = Passes(model, self.x, method=options.method,
                              batch_size=options.batch_size, fast=options.fast,
                              limit=self.limit, stops_early=options.samples == "auto",
-                             unit=rows_per_input(options.method), kept=tuners)
+                             unit=rows_per_input(options.method),
+                             kept=None if kept is None else kept.tuners)
         self.stats = [SampleStats(self.x[part].shape, options.aggregates,
                                   antithetic=options.antithetic, device=self.x.device)
                       for part in self.passes.parts]
@@ -178,7 +179,7 @@ class _Run:
                                         antithetic=self.options.antithetic)
         if dtype is not None and not check:
             dtype, why = None, f"too few samples ({self.limit}) to check a lower precision"
-        copies = fast.fast_subjects(model, self.subject, self.target, dtype)
+        copies = fast.fast_subjects(model, self.subject, self.target, dtype, kept=self.copies)
         self.subject, self.runner = copies.full, copies.full.model
         if dtype is None or copies.reduced is None:
             return copies.refused or precision.Precision("float32", why)
@@ -204,7 +205,7 @@ class _Run:
             for stats, maps in zip(self.stats, kept[dtype], strict=True):
                 stats.update(maps)
         else:
-            fast.remember(model, dtype, decision)
+            fast.remember(model, dtype, decision, self.copies)
             self.subject, self.runner = copies.full, copies.full.model
             self.flips.zero_()
             self.notes.clear()
