@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import math
 import weakref
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ from smoothgrad.folding import NORMS, fold_batchnorm
 from smoothgrad.guard import explaining
 from smoothgrad.inputs import Subject, prepare
 from smoothgrad.outputs import pick
-from smoothgrad.precision import REMEMBER_BELOW, Precision
+from smoothgrad.precision import REMEMBER_BELOW, Precision, pearson
 from smoothgrad.targets import Resolved, score
 
 __all__ = [
@@ -264,16 +263,7 @@ def _compare(reference: nn.Module, fast: nn.Module, example: Tensor,
             out = pick(net(leaf))
             (grad,) = torch.autograd.grad(score(out, target).sum(), leaf)
         grads.append(grad.double().flatten())
-    return logit_error, _pearson(grads[0], grads[1])
-
-
-def _pearson(a: Tensor, b: Tensor) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    denominator = float(a.norm() * b.norm())
-    if denominator == 0.0:
-        return 1.0 if torch.equal(a, b) else 0.0
-    value = float((a * b).sum()) / denominator
-    return value if math.isfinite(value) else 0.0
+    return logit_error, pearson(grads[0], grads[1])
 
 
 @dataclass

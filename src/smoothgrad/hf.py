@@ -19,6 +19,7 @@ Example (a directory written by `model.save_pretrained(d)` and `tokenizer.save_p
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import warnings
@@ -152,6 +153,20 @@ def _no_images(image: Any) -> Tensor:
     raise ModelError("a text model takes text: tokenize with encode(texts)")
 
 
+def _saved_directory(name: str | os.PathLike[str]) -> tuple[str, Path]:
+    """`name` as given and the directory it names, checked to hold a save_pretrained model
+    and transformers importable (ModelError otherwise)."""
+    text = os.fspath(name)
+    path = Path(text[len(PREFIX):] if is_hf(text) else text).expanduser()
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise ModelError(f"model: {text!r} is not a directory written by save_pretrained "
+                         "(it needs config.json)")
+    if importlib.util.find_spec("transformers") is None:
+        raise ModelError("hf: models need the transformers package: "
+                         "pip install 'smoothgrad[text]'")
+    return text, path
+
+
 def load(name: str | os.PathLike[str], device: str | torch.device | None = None, *,
          progress: bool = True, quiet: bool = False) -> TextModel:
     """Load `hf:DIR` (or DIR): a local sequence-classification model and its tokenizer.
@@ -161,16 +176,9 @@ def load(name: str | os.PathLike[str], device: str | torch.device | None = None,
     `progress=False` hides transformers' progress bars, and `quiet` its messages too (its
     settings are restored afterwards).
     """
-    text = os.fspath(name)
-    path = Path(text[len(PREFIX):] if is_hf(text) else text).expanduser()
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise ModelError(f"model: {text!r} is not a directory written by save_pretrained "
-                         "(it needs config.json)")
-    try:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    except ImportError:
-        raise ModelError("hf: models need the transformers package: "
-                         "pip install 'smoothgrad[text]'") from None
+    _, path = _saved_directory(name)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
     target = resolve_device(device)  # a device this machine lacks: refused before loading
     with _silenced(bars=not progress or quiet, messages=quiet):
         model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
@@ -197,16 +205,9 @@ def load_causal_lm(name: str | os.PathLike[str], device: str | torch.device | No
     `device` (None: the CPU; "auto": see `smoothgrad.models.resolve_device`). `progress` and
     `quiet` are `load`'s.
     """
-    text = os.fspath(name)
-    path = Path(text[len(PREFIX):] if is_hf(text) else text).expanduser()
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise ModelError(f"model: {text!r} is not a directory written by save_pretrained "
-                         "(it needs config.json)")
-    try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError:
-        raise ModelError("hf: models need the transformers package: "
-                         "pip install 'smoothgrad[text]'") from None
+    text, path = _saved_directory(name)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     target = resolve_device(device)  # a device this machine lacks: refused before loading
     with _silenced(bars=not progress or quiet, messages=quiet):
         try:

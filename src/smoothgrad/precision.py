@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["CORRELATION", "ERROR_RATIO", "REMEMBER_BELOW", "Precision", "autocast",
-           "check_samples", "decide", "judge", "reduced_dtype"]
+           "check_samples", "decide", "judge", "pearson", "reduced_dtype"]
 
 CORRELATION = 0.999
 """The least per-example correlation of the check's reduced-precision map with float32's."""
@@ -178,7 +178,7 @@ def judge(full: Tensor, reduced: Tensor, dtype: torch.dtype, *, samples: int,
     if not bool(torch.isfinite(reduced).all()):
         return Precision("float32", f"{name} gave non-finite values", samples=k)
     units_full, units_reduced = _units(full, paired), _units(reduced, paired)
-    correlation = min(_pearson(a, b) for a, b in zip(
+    correlation = min(pearson(a, b) for a, b in zip(
         units_full.mean(0).flatten(1), units_reduced.mean(0).flatten(1), strict=True))
     variance = _trace_variance(units_full.flatten(2))
     final = torch.tensor(float(samples // 2 if paired else samples), dtype=torch.float64)
@@ -214,7 +214,12 @@ def _trace_variance(units: Tensor) -> Tensor:
     return units.var(dim=0, correction=1).sum(dim=1)
 
 
-def _pearson(a: Tensor, b: Tensor) -> float:
+def pearson(a: Tensor, b: Tensor) -> float:
+    """The correlation of two tensors' elements (1 for two equal constants, 0 if undefined).
+
+    >>> pearson(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 4.0, 7.0])) > 0.99
+    True
+    """
     a, b = a - a.mean(), b - b.mean()
     denominator = float(a.norm() * b.norm())
     if denominator == 0.0:
