@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 import smoothgrad as sg
 from smoothgrad import images, models
-from smoothgrad.methods import BY_NAME
+from smoothgrad.methods.registry import BY_NAME
 from smoothgrad.targets import Target
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "evaluation" / "convergence.json"

@@ -8,7 +8,7 @@ crops of the two photos) and each bundled photo, at σ = 15 % of the input range
   its own error can be estimated and removed: error² − reference error²);
 - Monte Carlo (seed 0) and antithetic Monte Carlo (seed 0), recorded sample by sample up
   to `--mc` samples: errors at checkpoints;
-- mean-field (`smoothgrad.meanfield.mean_field`) with Gaussian gates at K = 16, 64, 256,
+- mean-field (`smooth(..., estimator=MeanField(gates=...))`) with Gaussian gates at K = 16, 64, 256,
   1024 and empirical gates at K = 64, 256, with wall time per call;
 - the same for input × gradient (Monte Carlo: mean of (x+ε)·∇f(x+ε); mean-field: x times
   the mean-field gradient);
@@ -43,8 +43,7 @@ from torch import Tensor, nn
 
 import smoothgrad as sg
 from smoothgrad import images, metrics, models, viz
-from smoothgrad.meanfield import mean_field
-from smoothgrad.methods import BY_NAME
+from smoothgrad.methods.registry import BY_NAME
 from smoothgrad.targets import Resolved as Target
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +52,7 @@ FIGURE = ROOT / "docs" / "evaluation" / "meanfield.png"
 PHOTOS = ("chelsea", "coffee")
 CHECKPOINTS = (5, 10, 15, 20, 25, 30, 40, 50, 60, 80, 100, 120, 150, 200, 300, 400)
 RESNET = {"stem": 32, "widths": (32, 64, 128, 256), "blocks": (1, 1, 1, 1), "classes": 1000}
-GROUPS = 4  # mean_field's default jackknife groups
+GROUPS = 4  # the mean-field estimator's default jackknife groups
 
 
 class Block(nn.Module):
@@ -198,7 +197,8 @@ def run_meanfield(model: nn.Module, x: Tensor, sigma: float, ks: tuple[int, ...]
     rows = []
     for k in ks:
         started = time.perf_counter()
-        result = mean_field(model, x, samples=k, noise=sigma, gates=gates, seed=0)  # type: ignore[arg-type]
+        result = sg.smooth(model, x, estimator=sg.MeanField(gates=gates),  # type: ignore[arg-type]
+                           samples=k, noise=sigma, seed=0, batch_size=16)
         seconds = time.perf_counter() - started
         grad = result.attribution[0]
         if keep is not None:
@@ -236,7 +236,8 @@ def timing(model: nn.Module, x: Tensor) -> dict[str, Any]:
             model(batch)
 
     calls = {"mc50": lambda: sg.smooth(model, x, samples=50, seed=0),
-             "mf64": lambda: mean_field(model, x, samples=64, seed=0),
+             "mf64": lambda: sg.smooth(model, x, estimator="mean_field", samples=64, seed=0,
+                                       batch_size=16),
              "forward16": forward,
              "forward_backward16": lambda: BY_NAME["gradient"](model, batch, target)}
     best: dict[str, float] = {}

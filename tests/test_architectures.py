@@ -264,11 +264,11 @@ def test_smooth_and_every_method_take_the_model_output(hf: tuple[str, nn.Module]
     """ModelOutput in, the same maps as through a logits wrapper, for every entry point."""
     name, model = hf
     x = inputs(1)
-    for method in sorted(sg.methods.BY_NAME):
+    for method in sorted(sg.methods.registry.BY_NAME):
         if method.startswith("grad_cam") and name in TRANSFORMERS:
             continue
         options = {"steps": 4} if method == "integrated_gradients" else {}
-        chosen = sg.methods.BY_NAME[method]
+        chosen = sg.methods.registry.BY_NAME[method]
         ours, _ = recorded(functools.partial(chosen, model, x, 1, **options))
         wrapped, _ = recorded(functools.partial(chosen, Logits(model), x, 1, **options))
         torch.testing.assert_close(ours, wrapped, msg=f"{name} {method}")
@@ -323,13 +323,13 @@ def hand_made(model_type: type[nn.Module]) -> nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("method", sorted(sg.methods.BY_NAME))
+@pytest.mark.parametrize("method", sorted(sg.methods.registry.BY_NAME))
 def test_reused_inplace_relu_equals_its_separate_twin(method: str) -> None:
     """Every method gives the same map with one in-place ReLU used twice as with two fresh
     ones; the twin is checked against Captum where Captum implements the method."""
     reused, twin = hand_made(ReusedInplace), hand_made(Separate)
     x, target = inputs(3, 8), torch.tensor([0, 2, 4])
-    chosen = sg.methods.BY_NAME[method]
+    chosen = sg.methods.registry.BY_NAME[method]
     options = {"steps": 8} if method == "integrated_gradients" else {}
     ours, said = recorded(lambda: chosen(reused, x, target, **options))
     torch.testing.assert_close(ours, chosen(twin, x, target, **options))

@@ -267,7 +267,7 @@ def training_model() -> nn.Module:
     return model
 
 
-@pytest.mark.parametrize("method", sorted(sg.methods.BY_NAME))
+@pytest.mark.parametrize("method", sorted(sg.methods.registry.BY_NAME))
 def test_model_left_unchanged(method: str, x: Tensor) -> None:
     model = training_model()
     before = Snapshot(model)
@@ -426,7 +426,7 @@ class EditsItsInput(nn.Module):
 
 
 @pytest.mark.parametrize("first", ["sub_", "relu_"])
-@pytest.mark.parametrize("method", sorted(sg.methods.BY_NAME))
+@pytest.mark.parametrize("method", sorted(sg.methods.registry.BY_NAME))
 def test_in_place_first_operation_leaves_the_callers_input(first: str, method: str) -> None:
     model = seeded(EditsItsInput(first))
     x = images(2)

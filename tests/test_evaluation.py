@@ -482,7 +482,8 @@ def test_every_forward_pass_is_bounded_by_batch_size_and_shared_work_is_done_onc
                                       metrics=list(evaluation.METRICS), samples=4, steps=6,
                                       batch_size=3, infidelity_perturbations=7,
                                       sensitivity_perturbations=2, floor_seeds=2)
-    assert config.options.steps == 6 and config.smoothing == {"samples": 4, "batch_size": 3}
+    assert config.options.steps == 6
+    assert config.smoothing == sg.SmoothConfig(samples=4, batch_size=3)
     rows = evaluation.evaluate(model, x, config, progress=progress)
     assert len(rows) == 3 and max(model.rows) <= 3
     assert {"infidelity", "gradient none deletion/insertion", "gradient mean deletion/insertion",
@@ -528,7 +529,7 @@ def test_curve_and_infidelity_options_reach_the_metrics() -> None:
 def test_settings_objects_validate_and_keywords_override_them() -> None:
     base = evaluation.Evaluation(methods=("gradient",), aggregates=("mean",))
     config = evaluation.Evaluation.of(steps=3, samples=2)
-    assert config.options == evaluation.MetricOptions(steps=3) and config.smoothing["samples"] == 2
+    assert config.options == evaluation.MetricOptions(steps=3) and config.smoothing.samples == 2
     model, x = tiny_cnn(), batch(1)
     rows = evaluation.evaluate(model, x, base, metrics=["gini"], samples=2)
     assert [row["smoothing"] for row in rows] == ["none", "mean"] and rows[1]["samples"] == 2
@@ -550,3 +551,30 @@ def test_table_arrows_come_from_the_metrics() -> None:
                                    header[-1]), key
     assert metrics.SCORES["deletion_auc"].better == "lower"
     assert metrics.SCORES["insertion_auc"].better == "higher"
+
+
+def test_evaluate_and_sweep_take_a_smooth_config() -> None:
+    """The smoothing of evaluate and sweep is one `SmoothConfig` (issue 19): given whole, or
+    built from keywords, with a misspelt option named and the calls' own options refused."""
+    model, x = tiny_cnn(), batch(1)
+    smoothing = sg.SmoothConfig(samples=3, seed=5, batch_size=2)
+    config = evaluation.Evaluation(methods=("gradient",), aggregates=("mean",),
+                                   metrics=("gini",), smoothing=smoothing)
+    rows = evaluation.evaluate(model, x, config)
+    target = model(x).argmax(dim=1)
+    expected = sg.smooth(model, x, smoothing, target=target)
+    assert rows[1]["samples"] == 3
+    assert rows[1]["relative_error"] == pytest.approx(float(expected.relative_error()[0]))
+    assert evaluation.Evaluation.of(samples=3, seed=5, batch_size=2).smoothing == smoothing
+    with pytest.raises(TypeError, match="did you mean 'samples'"):
+        evaluation.Evaluation.of(sample=3)
+    with pytest.raises(TypeError, match="smoothing must be a SmoothConfig"):
+        evaluation.Evaluation(smoothing={"samples": 3})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="sweep sets"):
+        evaluation.SweepSettings.of(stdev=0.1)
+    swept = evaluation.sweep(model, x, evaluation.SweepSettings(
+        noises=(0.1,), samples=(2,), at_samples=2, reference_samples=4,
+        options=evaluation.MetricOptions(steps=2), smoothing=sg.SmoothConfig(aggregate="var")))
+    reference = sg.smooth(model, x, target=target, samples=4, noise=sg.DEFAULT_NOISE, seed=1,
+                          aggregate="var")
+    assert torch.equal(swept.reference.attribution, reference.attribution)

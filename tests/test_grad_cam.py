@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import SeparateReluCNN, images, seeded
-from smoothgrad.methods import attributed
 from smoothgrad.methods.grad_cam import grad_cam, grad_cam_plus_plus, last_conv
+from smoothgrad.methods.registry import attributed
 
 
 def test_grad_cam_equals_captum_layer_grad_cam_upsampled() -> None:

@@ -31,6 +31,89 @@ def imports() -> dict[str, set[str]]:
     return found
 
 
+def _faces_and_modules(root: Path) -> tuple[dict[str, Path], set[str]]:
+    """Every module of the package by dotted name (a package by its `__init__`, its face),
+    and the names that are packages."""
+    found, packages = {}, set()
+    for path in sorted(root.rglob("*.py")):
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+            packages.add(".".join(parts))
+        found[".".join(parts)] = path
+    return found, packages
+
+
+def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports, read with `ast` (nothing is imported).
+
+    Every import statement counts, at the top or inside a function (a lazy import still runs
+    the other module, and an arrow drawn lazily is still an arrow), except those under
+    `if TYPE_CHECKING:`, which type checkers read and Python never runs. `from P import n`
+    counts as importing the submodule P.n where there is one, and the face P (the package's
+    `__init__`) as well, since P's namespace is read: a module that takes a name from its
+    own package's face while that face imports it is a circle. The one exception is the root
+    face `smoothgrad`: it is the library's entry point, above every module, and
+    `from smoothgrad import targets` reads as `import smoothgrad.targets`.
+    """
+    modules, packages = _faces_and_modules(root)
+    top = root.name
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name.split(".") if name in packages else name.split(".")[:-1]
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        typing_only = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.If)
+                       and "TYPE_CHECKING" in ast.unparse(node.test)
+                       for statement in node.body for inner in ast.walk(statement)}
+        arrows: set[str] = set()
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            if isinstance(node, ast.Import):
+                arrows.update(alias.name for alias in node.names if alias.name in modules)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join([*package[: len(package) - node.level + 1], base]).strip(".")
+                for alias in node.names:
+                    submodule = f"{base}.{alias.name}"
+                    if submodule in modules:
+                        arrows.add(submodule)
+                    if base in modules and (submodule not in modules or base != top):
+                        arrows.add(base)
+        graph[name] = arrows - {name}
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected sets of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for other in sorted(graph[module]):
+            if other not in index:
+                visit(other)
+                low[module] = min(low[module], low[other])
+            elif other in stack:
+                low[module] = min(low[module], index[other])
+        if low[module] == index[module]:
+            members = []
+            while not members or members[-1] != module:
+                members.append(stack.pop())
+            if len(members) > 1:
+                found.append(sorted(members))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return found
+
+
 def importers(target: str) -> set[str]:
     return {module for module, names in imports().items()
             if any(name == target or name.startswith(f"{target}.") for name in names)}
@@ -64,3 +147,37 @@ def test_the_web_extra_stays_in_its_package() -> None:
         assert {m for m in importers(framework) if not m.startswith("smoothgrad.web")} == set()
     outside = {m for m in importers("smoothgrad.web") if not m.startswith("smoothgrad.web")}
     assert outside == {"smoothgrad.cli.serve"}, outside
+
+
+def test_no_import_circles() -> None:
+    """Arrows point one way: no set of modules imports itself round, lazily or not, package
+    faces included (issue 19 found config -> meanfield -> engine -> config and six more)."""
+    assert circles(import_graph()) == []
+
+
+def test_the_circle_finder_finds_circles() -> None:
+    """The finder on hand-made graphs: a 3-circle beside a chain, a self-contained pair."""
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"f"}, "f": {"e"}}
+    assert sorted(circles(graph)) == [["a", "b", "c"], ["e", "f"]]
+    assert circles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_graph_counts_lazy_imports_and_package_faces(tmp_path: Path) -> None:
+    """A lazy import inside a function closes a circle; so does a submodule reading its own
+    package's face; an import under TYPE_CHECKING does not; the root face is the entry."""
+    files = {
+        "__init__.py": "from pkg import low, up\n",
+        "low.py": "def f():\n    from pkg.up import g\n",
+        "up.py": "from pkg import low\n",
+        "typed.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import up\n",
+        "sub/__init__.py": "from pkg.sub.runner import run\n",
+        "sub/runner.py": "from pkg.sub import helper\nrun = 1\n",
+        "sub/helper.py": "",
+    }
+    for name, text in files.items():
+        (tmp_path / "pkg" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "pkg" / name).write_text(text)
+    graph = import_graph(tmp_path / "pkg")
+    assert graph["pkg.typed"] == set()
+    assert graph["pkg.low"] == {"pkg.up"} and graph["pkg.up"] == {"pkg.low"}
+    assert circles(graph) == [["pkg.low", "pkg.up"], ["pkg.sub", "pkg.sub.runner"]]

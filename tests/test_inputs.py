@@ -110,7 +110,7 @@ def test_per_example_baselines(name: str) -> None:
     reference = IntegratedGradients(model) if name == "integrated_gradients" else DeepLift(model)
     expected = reference.attribute(x, baselines=baseline, target=ours.target)
     torch.testing.assert_close(ours.attribution, expected, rtol=1e-4, atol=1e-5)
-    method = sg.methods.BY_NAME[name]
+    method = sg.methods.registry.BY_NAME[name]
     noisy = sg.smooth(model, x, method=functools.partial(method, baseline=baseline), samples=3,
                       batch_size=5)
     assert noisy.attribution.shape == x.shape
@@ -148,8 +148,8 @@ def test_smooth_grad_cam_plus_plus() -> None:
                        method_kwargs={"layer": layer})
     assert result.attribution.shape == x.shape and bool((result.attribution >= 0).all())
     plain = sg.smooth(model, x, method="grad_cam", noise=0.0)
-    expected = sg.methods.attributed(grad_cam_plus_plus(model, x, plain.target, layer=layer),
-                                     2).map
+    expected = sg.methods.registry.attributed(
+        grad_cam_plus_plus(model, x, plain.target, layer=layer), 2).map
     again = sg.smooth(model, x, method="grad_cam_plus_plus", noise=0.0,
                       method_kwargs={"layer": layer})
     torch.testing.assert_close(again.attribution, expected)

@@ -10,11 +10,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import smoothgrad as sg
-from smoothgrad.meanfield import mean_field
 from smoothgrad.methods import gradient
 from smoothgrad.noise import noise_scale, standard_normal
 
 NORMAL = torch.distributions.Normal(0.0, 1.0)
+
+
+def mean_field(model: nn.Module, x: Tensor, *, gates: str = "gaussian", groups: int = 4,
+               validate: int = 0, samples: int = 64, **options: object) -> sg.SmoothResult:
+    """Mean-field SmoothGrad through its one entry: `smooth(..., estimator=MeanField(...))`."""
+    estimator = sg.MeanField(gates, groups, validate)  # type: ignore[arg-type]
+    return sg.smooth(model, x, estimator=estimator, samples=samples,
+                     **options)  # type: ignore[arg-type]
 
 
 def one_layer(activation: nn.Module, seed: int = 0) -> nn.Sequential:
@@ -58,7 +65,8 @@ def test_single_layer_monte_carlo_agrees_and_validate_reports_no_bias() -> None:
     model = one_layer(nn.ReLU(), seed=1)
     x = torch.randn(3, 5)
     result = mean_field(model, x, samples=2000, validate=2000, seed=0)
-    check = result.validation
+    assert result.mean_field is not None
+    check = result.mean_field.validation
     assert check is not None and check.samples == 2000 and check.distance.shape == (3,)
     # unbiased on one layer: the distance is the two estimates' noise, within its error
     assert bool((check.distance <= check.noise_floor + 4 * check.distance_stderr).all())
@@ -109,7 +117,8 @@ def test_every_rectifier_form_is_gated() -> None:
     noisy = x + sigma[:, None] * standard_normal(7, [0], x.shape[1:])[0]
     result = mean_field(model, x, samples=1, noise=0.5, gates="empirical", seed=7)
     expected = gradient(model, noisy, result.target)
-    assert result.sites == 10
+    assert result.mean_field is not None and result.mean_field.sites == 10
+    assert result.mean_field.gates == "empirical"
     torch.testing.assert_close(result.attribution, expected)
     assert not torch.allclose(gradient(model, x, result.target), expected)
 
@@ -248,7 +257,8 @@ def test_smooth_with_the_mean_field_estimator() -> None:
     seen: list[int] = []
     result = sg.smooth(model, x, samples=40, estimator="mean_field", seed=2, noise=0.2,
                        method="input_x_gradient", progress=seen.append)
-    direct = mean_field(model, x, samples=40, seed=2, noise=0.2, method="input_x_gradient")
+    direct = sg.smooth(model, x, sg.SmoothConfig(estimator=sg.MeanField()), samples=40, seed=2,
+                       noise=0.2, method="input_x_gradient")
     assert torch.equal(result.attribution, direct.attribution)
     assert torch.equal(result.stderr, direct.stderr)
     assert result.samples == 40 and sum(seen) == 40 and result.aggregate == "mean"

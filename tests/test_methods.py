@@ -160,7 +160,7 @@ def test_deeplift_warns_on_max_pooling() -> None:
 
 def test_smoothgrad_over_every_method_runs_on_noisy_batches(x: Tensor) -> None:
     model = seeded(ReusedReluCNN())
-    for name in sg.methods.BY_NAME:
+    for name in sg.methods.registry.BY_NAME:
         result = sg.smooth(model, x, method=name, samples=4, batch_size=3)
         assert result.attribution.shape == x.shape and torch.isfinite(result.attribution).all()
 
@@ -263,12 +263,12 @@ def test_deeplift_in_half_precision_is_finite_and_close(make) -> None:  # type: 
     assert float((half.float() - full).abs().max() / scale) < 0.05
 
 
-@pytest.mark.parametrize("method", sorted(sg.methods.BY_NAME))
+@pytest.mark.parametrize("method", sorted(sg.methods.registry.BY_NAME))
 def test_methods_return_the_output_they_computed(method: str, cnn: nn.Module, x: Tensor) -> None:
     """with_output gives (map, output): the model's output on exactly the given rows, or
     None (integrated gradients never evaluates x itself); calling gives the map."""
     target = torch.tensor([1, 3])
-    chosen = sg.methods.BY_NAME[method]
+    chosen = sg.methods.registry.BY_NAME[method]
     attribution, output = chosen.with_output(cnn, x, target)
     torch.testing.assert_close(attribution, chosen(cnn, x, target))
     if method == "integrated_gradients":
@@ -297,14 +297,14 @@ def _options(method: str) -> dict[str, object]:
     return {"steps": 4} if method == "integrated_gradients" else {}
 
 
-@pytest.mark.parametrize("method", sorted(sg.methods.BY_NAME))
+@pytest.mark.parametrize("method", sorted(sg.methods.registry.BY_NAME))
 def test_every_method_takes_every_target_form(method: str) -> None:
     """Issue 23: `deeplift.with_output(model, x, 281)` raised AttributeError on an int; every
     base method takes what smooth takes, through one conversion."""
     import numpy as np
 
     model, x = Labelled().eval(), images(2)
-    chosen, options = sg.methods.BY_NAME[method], _options(method)
+    chosen, options = sg.methods.registry.BY_NAME[method], _options(method)
     expected = chosen(model, x, torch.tensor([2, 2]), **options)
     for form in (2, [2], [2, 2], np.int64(2), np.array([2, 2]), torch.tensor(2), "fox",
                  "FOX", ["fox", "fox"], lambda out: out[:, 2]):
@@ -344,8 +344,8 @@ class Returns(nn.Module):
 def test_every_method_reads_every_output_form(form: str) -> None:
     """Issue 24: `sg.methods.gradient(hf_model, x, t)` raised on a ModelOutput."""
     model, x, target = Returns(form).eval(), images(2), torch.tensor([1, 3])
-    for method in sorted(sg.methods.BY_NAME):
-        chosen, options = sg.methods.BY_NAME[method], _options(method)
+    for method in sorted(sg.methods.registry.BY_NAME):
+        chosen, options = sg.methods.registry.BY_NAME[method], _options(method)
         torch.testing.assert_close(chosen(model, x, target, **options),
                                    chosen(model.inner, x, target, **options), msg=method)
 

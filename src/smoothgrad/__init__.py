@@ -8,12 +8,15 @@ Example:
 """
 
 from smoothgrad import display, images, meanfield, methods, metrics, models, text, tokens, viz
-from smoothgrad.config import DEFAULT_NOISE, SmoothConfig
+from smoothgrad.config import DEFAULT_NOISE, MeanField, SmoothConfig
 from smoothgrad.engine import smooth
+from smoothgrad.explainer import SmoothGrad
+from smoothgrad.inputs import Inputs
 from smoothgrad.result import SmoothResult
 
 __all__ = [
-    "DEFAULT_NOISE", "SmoothConfig", "SmoothResult", "display", "images", "meanfield", "methods",
-    "metrics", "models", "smooth", "text", "tokens", "viz",
+    "DEFAULT_NOISE", "Inputs", "MeanField", "SmoothConfig", "SmoothGrad", "SmoothResult",
+    "display", "images", "meanfield", "methods", "metrics", "models", "smooth", "text",
+    "tokens", "viz",
 ]
 __version__ = "0.1.0"

@@ -30,14 +30,14 @@ from torch import Tensor
 from typing_extensions import TypedDict
 
 from smoothgrad.errors import OptionError
-from smoothgrad.methods import Method, resolve_method
+from smoothgrad.methods.registry import Method, resolve_method
+from smoothgrad.noise import DEFAULT_NOISE
 from smoothgrad.stats import AGGREGATES
 
-__all__ = ["DEFAULT_NOISE", "SmoothConfig", "SmoothOptions", "as_integer", "as_real", "configured"]
-
-DEFAULT_NOISE = 0.15
-"""σ as a fraction of each example's value range, when neither noise nor stdev is given."""
-
+__all__ = [
+    "DEFAULT_NOISE", "MeanField", "SmoothConfig", "SmoothOptions", "as_integer", "as_real",
+    "configured",
+]
 
 def _scalar(value: object) -> object:
     """A 0-d tensor or array, or a NumPy scalar, as the Python number it holds.
@@ -77,6 +77,38 @@ def as_integer(name: str, value: object, *, low: int = 0) -> int:
 
 
 @dataclass(frozen=True)
+class MeanField:
+    """The mean-field estimator and its options: `smooth(..., estimator=MeanField(...))`;
+    the name "mean_field" is `MeanField()`.
+
+    - gates: "gaussian" (each activation's expected gate under a Gaussian fit of its
+      pre-activation) or "empirical" (the mean of its local derivative over the copies).
+    - groups: the noisy copies are split into this many groups (≥ 2) for the jackknife
+      standard error of the map.
+    - validate: M > 0 also runs M ordinary Monte-Carlo samples (seed + 2**32) and reports
+      the distance between the two (`SmoothResult.mean_field.validation`).
+
+    Example:
+        >>> SmoothConfig(estimator=MeanField(gates="empirical")).estimator_name
+        'mean_field'
+    """
+
+    gates: Literal["gaussian", "empirical"] = "gaussian"
+    groups: int = 4
+    validate: int = 0
+
+    def __post_init__(self) -> None:
+        if self.gates not in ("gaussian", "empirical"):
+            raise OptionError(f"gates must be 'gaussian' or 'empirical', got {self.gates!r}")
+        object.__setattr__(self, "groups", as_integer("groups", self.groups, low=2))
+        object.__setattr__(self, "validate", as_integer("validate", self.validate))
+
+
+Estimator = Literal["monte_carlo", "mean_field"] | MeanField
+"""An estimator by name, or the mean-field estimator with its options."""
+
+
+@dataclass(frozen=True)
 class SmoothConfig:
     """How `smooth` averages.
 
@@ -84,7 +116,7 @@ class SmoothConfig:
       stdev: an absolute σ instead (Captum's `stdevs`). Not both. σ = 0 gives exactly
       the base method's attribution (one pass, `samples` = 1); a σ that is not finite is
       refused. An example with no range (a constant input) gets σ = 0, with a warning.
-    - method: a name in `sg.methods.BY_NAME`, a callable `(model, x, target)` returning the
+    - method: a name in `sg.methods.registry.BY_NAME`, a callable `(model, x, target)` returning the
       map or `(map, output)` (`functools.partial` for options; it runs with autograd on,
       whatever the caller's grad mode), or a Captum `Attribution` object.
     - aggregate: "mean" (SmoothGrad), "abs" (mean |M|), "square" (SmoothGrad², mean M²) or
@@ -106,7 +138,8 @@ class SmoothConfig:
     - estimator: "monte_carlo" (the average over noisy copies) or "mean_field": `samples`
       noisy forward passes, then one backward with every rectifier's gate replaced by its
       expectation (gradient and input_x_gradient, aggregate "mean"; biased, see
-      `smoothgrad.meanfield` and EVALUATION.md).
+      `smoothgrad.meanfield` and EVALUATION.md); `MeanField(gates=..., groups=...,
+      validate=...)` is "mean_field" with its options.
 
     Validated and normalised on creation: `noise` is DEFAULT_NOISE when neither noise nor
     stdev is given, numbers are Python numbers (NumPy and 0-d tensor scalars accepted), and
@@ -124,7 +157,7 @@ class SmoothConfig:
     tol: float = 0.05
     max_samples: int = 500
     fast: bool = False
-    estimator: Literal["monte_carlo", "mean_field"] = "monte_carlo"
+    estimator: Estimator = "monte_carlo"
 
     def __post_init__(self) -> None:
         resolve_method(self.method)  # raises for an unknown name or a non-callable
@@ -153,8 +186,7 @@ class SmoothConfig:
         if "var" in self.aggregates and self.limit < 2:
             raise OptionError("aggregate 'var' needs samples >= 2")
         if self.estimator != "monte_carlo":
-            from smoothgrad.meanfield import check_options
-            check_options(self)
+            _check_mean_field(self)
 
     @property
     def aggregates(self) -> tuple[str, ...]:
@@ -165,6 +197,16 @@ class SmoothConfig:
     def limit(self) -> int:
         """The most noisy copies per example: `samples`, or `max_samples` with "auto"."""
         return self.max_samples if self.samples == "auto" else int(self.samples)
+
+    @property
+    def estimator_name(self) -> str:
+        """The estimator's name: "monte_carlo" or "mean_field"."""
+        return "mean_field" if isinstance(self.estimator, MeanField) else str(self.estimator)
+
+    @property
+    def mean_field(self) -> MeanField:
+        """The mean-field options (their defaults unless `estimator` is a `MeanField`)."""
+        return self.estimator if isinstance(self.estimator, MeanField) else MeanField()
 
     @property
     def method_name(self) -> str:
@@ -193,6 +235,8 @@ class SmoothConfig:
         """The options as plain values (a method other than a name by its `method_name`)."""
         values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
         values["method"] = self.method_name
+        if isinstance(self.estimator, MeanField):
+            values["estimator"] = {"name": "mean_field", **dataclasses.asdict(self.estimator)}
         values["aggregate"] = list(self.aggregates) if len(self.aggregates) > 1 else (
             self.aggregates[0])
         return values
@@ -213,7 +257,7 @@ class SmoothOptions(TypedDict, total=False):
     tol: float
     max_samples: int
     fast: bool
-    estimator: Literal["monte_carlo", "mean_field"]
+    estimator: Estimator
 
 
 FIELDS = tuple(field.name for field in dataclasses.fields(SmoothConfig))
@@ -275,3 +319,24 @@ def _aggregates(value: object) -> str | tuple[str, ...]:
         raise OptionError(f"aggregate must be one of {', '.join(AGGREGATES)} (or a tuple of "
                          f"distinct ones), got {value!r}")
     return names[0] if len(names) == 1 else names
+
+
+def _check_mean_field(options: SmoothConfig) -> None:
+    """Refuse options that the mean-field estimator does not implement."""
+    if options.estimator_name != "mean_field":
+        raise ValueError(f"estimator must be 'monte_carlo' or 'mean_field', "
+                         f"got {options.estimator!r}")
+    problems = []
+    if options.method not in ("gradient", "input_x_gradient"):
+        problems.append(f"method must be 'gradient' or 'input_x_gradient' "
+                        f"(got {options.method_name!r})")
+    if options.samples == "auto":
+        problems.append("samples must be a number")
+    if options.aggregates != ("mean",):
+        problems.append("aggregate must be 'mean'")
+    if options.antithetic or options.fast:
+        problems.append("antithetic and fast are not supported")
+    if options.stdev is not None and not isinstance(options.stdev, float):
+        problems.append("stdev must be one number")
+    if problems:
+        raise ValueError("estimator='mean_field': " + "; ".join(problems))

@@ -37,7 +37,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from smoothgrad import viz
-from smoothgrad.methods import title as method_title
+from smoothgrad.methods.registry import title as method_title
 from smoothgrad.stats import AGGREGATE_TITLES
 
 if TYPE_CHECKING:
@@ -232,8 +232,9 @@ def show(
 
     - model: when given, the plain map is the base method on the clean input (one pass,
       same method and target as the result, no noise) and labels default to its
-      ``labels``; without it the plain map is left out. ``method`` gives the base method
-      for that pass when the result's was a callable (its name is all a result keeps).
+      ``labels``; without it the plain map is left out. The pass is the one the result
+      keeps from `smooth` (`SmoothResult.plain_pass`, with the call's method, a callable
+      included); ``method`` gives another base method for it.
     - x: the explained input; by default the one the result keeps (``result.inputs``).
       Without either, the input panel is left out too.
     - examples: at most this many rows (the first examples of the batch).
@@ -252,7 +253,7 @@ def show(
     if model is not None:
         if x is None:
             raise ValueError("the plain map needs the input: pass x, or a result with inputs")
-        plain = _plain_map(model, x[:count], result, method or result.method)
+        plain = _plain_map(model, x[:count], result, method)
         labels = labels if labels is not None else getattr(model, "labels", None)
     title = method_title(result.method)
     titles = (["Input"] if x is not None else []) + ([title] if plain is not None else []) + [
@@ -288,13 +289,11 @@ def _is_image(value: Any) -> bool:
 
 
 def _plain_map(model: nn.Module, x: Tensor, result: SmoothResult[Any],
-               method: str | Callable[..., Tensor]) -> Tensor:
-    from smoothgrad.engine import smooth
-    from smoothgrad.methods import BY_NAME
-
-    if isinstance(method, str) and method not in BY_NAME:
-        raise ValueError(f"the result's method {method!r} is not a built-in one: pass the "
-                         f"callable as show(..., method=...) to draw its plain map")
-
+               method: str | Callable[..., Tensor] | None) -> Tensor:
+    """The plain map by the pass the result keeps from `smooth` (a result draws what it
+    holds; it never runs the engine itself)."""
+    if result.plain_pass is None:
+        raise ValueError("this result keeps no plain pass (it was not made by smooth): "
+                         "draw it without the model")
     target = None if result.target is None else result.target[:x.shape[0]]
-    return smooth(model, x, method=method, target=target, samples=1, noise=0.0).attribution
+    return result.plain_pass(model, x, target, method)

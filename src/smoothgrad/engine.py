@@ -1,8 +1,9 @@
 """SmoothGrad: average a base attribution over seeded noisy copies of the input.
 
-`smooth` is the loop only: options are validated in `config`, the pass size and its
-out-of-memory retry are `tuning.Passes`, and one `_Run` holds the running statistics of a
-call and assembles its `SmoothResult`.
+`smooth` checks a call once (options in `config`, the inputs beyond one tensor in
+`inputs.Inputs`) and hands it to an estimator (`smoothgrad.estimator`): Monte Carlo
+(`smoothgrad.montecarlo`) or mean-field (`smoothgrad.meanfield`). `SmoothGrad` binds what
+belongs to a model once and explains batch after batch.
 
 Example:
     >>> import torch, smoothgrad as sg
@@ -15,43 +16,45 @@ Example:
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Mapping
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-import torch
 from torch import Tensor, nn
 from typing_extensions import Unpack
 
 from smoothgrad import targets
 from smoothgrad.config import SmoothConfig, SmoothOptions, configured
-from smoothgrad.guard import explaining, gradients_on
-from smoothgrad.inputs import Extras, bind, examples, repeat_rows, split_method
-from smoothgrad.methods import (
-    BY_NAME,
-    MeasuredWarning,
-    attributed,
-    bounded,
-    resolve_method,
-    rows_per_input,
-)
-from smoothgrad.noise import standard_normal
-from smoothgrad.outputs import pick
-from smoothgrad.precision import Precision
-from smoothgrad.result import SmoothResult, relative_error, target_probability
-from smoothgrad.stats import SampleStats
-from smoothgrad.tuning import BatchTuner, Passes, default_batch_size
+from smoothgrad.estimator import Call, Estimator, check_input
+from smoothgrad.inputs import INPUT_FIELDS, Inputs, examples
+from smoothgrad.meanfield import mean_field
+from smoothgrad.methods.registry import BY_NAME, resolve_method
+from smoothgrad.montecarlo import AUTO_STEP, monte_carlo
+from smoothgrad.outputs import OutputFn
+from smoothgrad.result import SmoothResult
+from smoothgrad.tuning import BatchTuner, default_batch_size
 
 __all__ = [
-    "AUTO_STEP", "BatchTuner", "SmoothConfig", "SmoothResult", "default_batch_size",
-    "resolve_method", "smooth",
+    "AUTO_STEP", "ESTIMATORS", "BatchTuner", "SmoothConfig", "SmoothKeywords", "SmoothResult",
+    "checked_call", "default_batch_size", "estimate", "resolve_method", "smooth",
 ]
 
 X = TypeVar("X", Tensor, tuple[Tensor, ...])
 """The explained input: one tensor, or a tuple of them (then the maps are tuples too)."""
 
-AUTO_STEP = 10
-"""With `samples="auto"`, convergence is checked after every AUTO_STEP samples."""
+ESTIMATORS: Mapping[str, Estimator] = {"monte_carlo": monte_carlo, "mean_field": mean_field}
+"""The estimators by `SmoothConfig.estimator` name."""
+
+
+class SmoothKeywords(SmoothOptions, total=False):
+    """`smooth`'s `**overrides`: `SmoothConfig`'s fields, and `Inputs`' fields one by one."""
+
+    forward_kwargs: Mapping[str, Any] | None
+    layer: nn.Module | None
+    noise_mask: Tensor | None
+    output: OutputFn | None
+    noise_range: Tensor | Sequence[Tensor] | None
 
 
 def smooth(
@@ -60,363 +63,119 @@ def smooth(
     config: SmoothConfig | None = None,
     *,
     target: targets.Requested = None,
+    inputs: Inputs | None = None,
     method_kwargs: Mapping[str, Any] | None = None,
     progress: Callable[[int], None] | None = None,
     callback: Callable[[SmoothResult], None] | None = None,
-    forward_kwargs: Mapping[str, Any] | None = None,
-    layer: nn.Module | None = None,
-    noise_mask: Tensor | None = None,
-    output: Callable[[Any], Tensor] | None = None,
-    noise_range: Tensor | tuple[Tensor, ...] | None = None,
-    **overrides: Unpack[SmoothOptions],
+    **overrides: Unpack[SmoothKeywords],
 ) -> SmoothResult[X]:
     """SmoothGrad of `method` for the batch `x` (N, ...): the aggregate of M(x + ε_k) over k.
 
+    - model: any differentiable `nn.Module`; x: a floating batch (N, ...), or a tuple of
+      inputs (floating ones noised, integer ones untouched; the maps are then tuples).
     - config: the options as one `SmoothConfig` (None: its defaults).
-    - overrides: `SmoothConfig` fields as keywords — method, samples, noise or stdev,
-      aggregate, batch_size, seed, antithetic, tol, max_samples, fast, estimator (see
-      `SmoothConfig` for each). Each one given replaces `config`'s field, whatever its
-      value (`samples=50` beside `SmoothConfig(samples=20)` runs 50); any other name is a
-      TypeError suggesting the closest.
     - target: None explains each example's clean argmax (kept for every noisy copy); an
       int, or N ints, names classes, as do class names where the model has labels (a
       `labels` list, a Hugging Face config's `id2label`); a callable `output -> (rows,)`
       gives a custom score. Every base method takes the same forms (`smoothgrad.targets`).
+    - inputs: an `Inputs` — forward_kwargs (keyword inputs of the model, per example where
+      their first dimension is N), layer (noise at a module's output, a transformer's
+      embeddings), noise_mask (padding: no noise, zero attribution), output (picks the
+      scores from the model's output) and noise_range (a per-feature range for σ).
     - method_kwargs: extra keywords of the base method (per-example baselines, Captum
       options).
     - progress: called after each pass with the number of samples it added (progress bars).
     - callback: called after each pass with the running `SmoothResult` so far; an exception
-      it raises stops the call.
-    - forward_kwargs, layer, noise_mask, output, noise_range: inputs beyond one floating
-      tensor — x a tuple (integer inputs untouched), keyword inputs of the model, noise at
-      a `layer` with padding masked, `output` picking, a per-feature range — described in
-      `smoothgrad.inputs.Extras`; with a tuple x the maps come back as tuples.
+      it raises stops the call (Monte Carlo only).
+    - overrides: `SmoothConfig` fields as keywords — method, samples, noise or stdev,
+      aggregate, batch_size, seed, antithetic, tol, max_samples, fast, estimator (see
+      `SmoothConfig` for each). Each one given replaces `config`'s field, whatever its
+      value (`samples=50` beside `SmoothConfig(samples=20)` runs 50). `Inputs`' fields are
+      accepted one by one too (`layer=...`), each replacing that field of `inputs`. Any
+      other name is a TypeError suggesting the closest.
 
     The model is explained in eval mode with frozen parameters and is restored afterwards;
     the caller's tensors are never written to, and autograd is on for the passes whatever
     the caller's grad mode (which is restored). Warnings from the passes are given once per
     call, at the caller's line. A map that is not finite for a finite input is an error.
     """
-    extras = Extras(forward_kwargs, layer, noise_mask, output, noise_range)
-    options = _options(config, x, extras, overrides)
-    method, per_call = split_method(options.method, method_kwargs, examples(x), BY_NAME)
-    if method is not options.method:
-        options = options.replace(method=method)
-    if options.estimator == "mean_field":
-        from smoothgrad.meanfield import smooth_mean_field
-        if not extras.plain(x) or callback is not None:
-            raise ValueError("estimator='mean_field' explains one floating tensor, without "
-                             "callback, forward_kwargs, layer, noise_mask or output")
-        return smooth_mean_field(model, x, options, target, progress)  # type: ignore[return-value]
-    caught: list[warnings.WarningMessage] = []
-    try:
-        with explaining(model), gradients_on(), warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            run = _Run(model, x, options, target, extras, per_call)
-            _loop(run, progress, callback)
-            result = run.result(final=True)
-    finally:
-        _report(caught)
-    return result
+    call, method = checked_call(model, x, config, target, inputs, method_kwargs, progress,
+                                callback, overrides)
+    return estimate(call, method)
 
 
-_KEYWORDS = ("target", "method_kwargs", "progress", "callback", "forward_kwargs", "layer",
-             "noise_mask", "output", "noise_range")
+def estimate(call: Call, method: Any) -> SmoothResult[Any]:
+    """The call's result from its estimator, keeping the plain pass of `method` (the method
+    as the caller gave it) for `show(model)`."""
+    result = ESTIMATORS[call.options.estimator_name](call)
+    return dataclasses.replace(result, plain_pass=functools.partial(_plain_map, method))
+
+
+def _plain_map(method: Any, model: nn.Module, x: Tensor, target: Tensor | None,
+               instead: Any = None) -> Tensor:
+    """The base method's map of x (one pass, no noise): a result's `plain_pass`, with the
+    call's method (or `instead`)."""
+    return smooth(model, x, method=method if instead is None else instead, target=target,
+                  samples=1, noise=0.0).attribution
+
+
+_KEYWORDS = ("target", "inputs", "method_kwargs", "progress", "callback", *INPUT_FIELDS)
 """`smooth`'s keywords that are not options (for the unknown-keyword suggestion)."""
 
 
-def _options(config: SmoothConfig | None, x: Any, extras: Extras,
-             overrides: Mapping[str, Any]) -> SmoothConfig:
-    """The call's options (`config` with every given override applied), and x checked
-    against them."""
-    options = configured(config, overrides, caller="smooth", others=_KEYWORDS)
-    if extras.plain(x):
-        _check_input(x)
-    return options
+def checked_call(model: nn.Module, x: Any, config: SmoothConfig | None,
+                 target: targets.Requested, inputs: Inputs | None,
+                 method_kwargs: Mapping[str, Any] | None,
+                 progress: Callable[[int], None] | None,
+                 callback: Callable[[SmoothResult], None] | None,
+                 overrides: Mapping[str, Any]) -> tuple[Call, Any]:
+    """The call checked — options with every given override, inputs with every loose input
+    keyword, x against them, the method's keyword options split into fixed and per-example
+    ones — and the method as given."""
+    if inputs is not None and not isinstance(inputs, Inputs):
+        raise TypeError(f"inputs must be a smoothgrad.Inputs, not {type(inputs).__name__}")
+    loose = {key: value for key, value in overrides.items() if key in INPUT_FIELDS}
+    given = (inputs or Inputs()).given(loose)
+    options = configured(config, {key: value for key, value in overrides.items()
+                                  if key not in loose}, caller="smooth", others=_KEYWORDS)
+    if given.plain(x):
+        check_input(x)
+    given_method = options.method
+    method, per_call = _split_method(given_method, method_kwargs, examples(x), BY_NAME)
+    if method is not given_method:
+        options = options.replace(method=method)
+    return Call(model, x, options, target, given, per_call, progress, callback), given_method
 
 
-def _loop(run: _Run, progress: Callable[[int], None] | None,
-          callback: Callable[[SmoothResult], None] | None) -> None:
-    """Passes until `run` has its samples (or has converged with samples="auto")."""
-    auto = run.options.samples == "auto"
-    if progress is not None and run.done:
-        progress(run.done)  # samples the fast path's precision check already made
-    while run.done < run.limit:
-        copies = run.passes.copies()
-        boundary = (run.done // AUTO_STEP + 1) * AUTO_STEP if auto else run.limit
-        count = min(copies, boundary - run.done, run.limit - run.done)
-        run.passes.start()
-        try:
-            run.add(count)
-        except torch.cuda.OutOfMemoryError:
-            if run.passes.out_of_memory(count):
-                continue
-            raise
-        run.passes.done(copies, count)
-        if progress is not None:
-            progress(count)
-        if callback is not None:
-            callback(run.result())
-        if auto and run.done % AUTO_STEP == 0 and run.worst_error() <= run.options.tol:
-            return
-    if auto and run.limit > 1:
-        worst = run.worst_error()
-        if worst > run.options.tol:
-            warnings.warn(f"samples='auto' stopped at max_samples={run.limit} with relative "
-                          f"error {worst:.3g} > tol={run.options.tol}: the map has not "
-                          "converged", stacklevel=2)
+def _split_method(method: Any, method_kwargs: Mapping[str, Any] | None, n: int,
+                 by_name: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """(the method with its fixed options, the options to pass per call).
 
-
-def _report(caught: list[warnings.WarningMessage]) -> None:
-    """Give each distinct warning of the call once, pointing at the caller of `smooth`."""
-    seen: set[tuple[type[Warning], str]] = set()
-    for message in _largest_measured(caught):
-        key = (message.category, str(message.message))
-        if key not in seen:
-            seen.add(key)
-            warnings.warn(message.message, stacklevel=3)  # the instance: its category
-
-
-def _largest_measured(caught: list[warnings.WarningMessage]) -> list[warnings.WarningMessage]:
-    """`caught` with each `MeasuredWarning` key (one per pass) kept once: its largest value."""
-    largest: dict[str, MeasuredWarning] = {}
-    for message in caught:
-        measured = message.message
-        if isinstance(measured, MeasuredWarning):
-            kept = largest.get(measured.key)
-            if kept is None or measured.value > kept.value:
-                largest[measured.key] = measured
-    return [message for message in caught if not isinstance(message.message, MeasuredWarning)
-            or largest[message.message.key] is message.message]
-
-
-class _Run:
-    """One call's state: the clean target, σ, the pass policy and the running statistics.
-
-    What is noised and explained comes from `smoothgrad.inputs`: x itself for one floating
-    tensor, else the floating inputs side by side, or a layer's output.
+    A name or callable with keyword options becomes a `functools.partial` of them (so the
+    engine sees e.g. integrated gradients' `steps`), except tensors whose first dimension is
+    N (per-example baselines), which are passed per call for the rows of each pass. Options
+    of a `functools.partial` the caller made are treated the same. A Captum object gets all
+    its options per call.
     """
-
-    def __init__(self, model: nn.Module, x: Any, options: SmoothConfig,
-                 target: targets.Requested, extras: Extras,
-                 per_call: dict[str, Any]) -> None:
-        self.options = options
-        subject = extras.prepare(model, x)
-        explained = subject.explained
-        self.x = explained.detach().clone() if explained.is_inference() else explained.detach()
-        clean = subject.clean
-        if clean is None:
-            with torch.no_grad():
-                clean = subject.runner()(self.x.clone())  # a copy: the model may edit x
-        if subject.direct and not isinstance(clean, Tensor):
-            subject, clean = subject.wrapped(), pick(clean)
-        self.subject, self.per_call = subject, subject.at_layer(per_call)
-        self.target = targets.resolve(target, clean, targets.labels_of(model))
-        self.probability = target_probability(clean, None if callable(self.target)
-                                              else self.target)
-        self.sigma = extras.sigma(subject, self.x, options)
-        self.inputs, self.shown_sigma = subject.shown(self.sigma)
-        if subject.direct and subject.layer is None and not subject.several:
-            self.inputs = x
-        self.limit = options.limit if self.sigma.any() else 1
-        _warn_without_range(self.sigma.flatten(1).amax(dim=1) if self.sigma.dim() > 1
-                            else self.sigma, options)
-        self.runner = model
-        self.explain = resolve_method(options.method)
-        self.passes = Passes(model, self.x, method=options.method,
-                             batch_size=options.batch_size, fast=options.fast,
-                             limit=self.limit, stops_early=options.samples == "auto",
-                             unit=rows_per_input(options.method))
-        self.stats = [SampleStats(self.x[part].shape, options.aggregates,
-                                  antithetic=options.antithetic, device=self.x.device)
-                      for part in self.passes.parts]
-        self.flips = torch.zeros(self.x.shape[0], device=self.x.device)
-        self.notes: dict[str, Any] = {}
-        self.done = 0
-        self.precision: Precision | None = None
-        if options.fast:
-            self.precision = self._go_fast(model)
-
-    def _go_fast(self, model: nn.Module) -> Precision:
-        """Explain optimised copies of the model (`smoothgrad.fast`): float32, or a reduced
-        precision where the device has one and `smoothgrad.precision`'s check on the call's
-        first noisy copies accepts it (those copies then count as the call's first samples)."""
-        from smoothgrad import fast, precision
-
-        dtype, why = precision.reduced_dtype(self.x.device)
-        auto = self.options.samples == "auto"
-        check = precision.check_samples(min(self.limit, 100) if auto else self.limit,
-                                        antithetic=self.options.antithetic)
-        if dtype is not None and not check:
-            dtype, why = None, f"too few samples ({self.limit}) to check a lower precision"
-        copies = fast.fast_subjects(model, self.subject, self.target, dtype)
-        self.subject, self.runner = copies.full, copies.full.model
-        if dtype is None or copies.reduced is None:
-            return copies.refused or precision.Precision("float32", why)
-        kept: dict[torch.dtype | None, list[Tensor]] = {}
-        first = min(max(check, self.passes.copies()), AUTO_STEP if auto else self.limit)
-
-        def attribute(reduced: torch.dtype | None) -> Tensor:
-            """The check's maps; in the reduced precision, from a whole first pass (small
-            passes cost up to 2× per row: weights are read once per pass)."""
-            chosen = copies.full if reduced is None else copies.reduced
-            assert chosen is not None
-            self.subject, self.runner = chosen, chosen.model
-            self.flips.zero_()
-            self.notes.clear()
-            self.done = 0
-            kept[reduced] = self._sampled(check if reduced is None else first)
-            return torch.cat(kept[reduced], dim=1)[:check]
-
-        decision = precision.decide(attribute, self.x.device, samples=self.limit,
-                                    paired=self.options.antithetic, candidate=(dtype, why),
-                                    tol=self.options.tol if auto else None)
-        if decision.reduced:
-            for stats, maps in zip(self.stats, kept[dtype], strict=True):
-                stats.update(maps)
-        else:
-            fast.remember(model, dtype, decision)
-            self.subject, self.runner = copies.full, copies.full.model
-            self.flips.zero_()
-            self.notes.clear()
-            self.done = 0
-        return decision
-
-    def _sampled(self, count: int) -> list[Tensor]:
-        """The maps of the first `count` noisy copies, (count, len(part), ...) per part, kept
-        apart from the running statistics."""
-        stats, self.stats = self.stats, [_Kept() for _ in self.passes.parts]  # type: ignore[misc]
-        try:
-            while self.done < count:
-                self.add(min(self.passes.copies(), count - self.done))
-            return [torch.cat(kept.maps) for kept in self.stats]  # type: ignore[attr-defined]
-        finally:
-            self.stats = stats
-
-    def add(self, count: int) -> None:
-        """Explain the next `count` noisy copies of every example."""
-        seed, antithetic, indices = (self.options.seed, self.options.antithetic,
-                                     range(self.done, self.done + count))
-        shared = None
-        if self.subject.mask is None:  # the same standard-normal draw for every example
-            shared = standard_normal(seed, indices, self.x.shape[1:], antithetic=antithetic,
-                                     device=self.x.device, dtype=self.x.dtype).unsqueeze(1)
-        for part, stats in zip(self.passes.parts, self.stats, strict=True):
-            noise = shared if shared is not None else self.subject.noise(
-                seed, indices, part, antithetic=antithetic)
-            assert noise is not None
-            self.flips[part] += self._pass(part, noise, stats)
-        self.done += count
-
-    def _pass(self, part: slice, noise: Tensor, stats: SampleStats) -> Tensor:
-        """One pass over the noisy copies x[part] + σ·noise[k]; returns flips per example."""
-        x, count, shape = self.x[part], noise.shape[0], self.x.shape[1:]
-        sigma = self.sigma[part]
-        scale = sigma.reshape(*sigma.shape, *([1] * (x.dim() - sigma.dim())))
-        batch = torch.addcmul(x.unsqueeze(0), scale.unsqueeze(0), noise).reshape(-1, *shape)
-        target = self.target if callable(self.target) else self.target[part].repeat(count)
-        runner = self.runner if self.subject.direct else self.subject.runner(part)
-        rows = self.passes.rows if self.subject.direct else max(
-            x.shape[0], self.passes.rows // x.shape[0] * x.shape[0])  # whole groups of copies
-        explain = bind(bounded(self.explain, self.options.method, rows), self.per_call,
-                       self.subject.n, part, count)
-        with self.passes.measuring(batch.shape[0]):
-            returned = attributed(explain(runner, batch, target), batch.shape[0])
-        attribution, output = returned
-        self._note(returned.notes, part, count)
-        if attribution.shape != batch.shape:
-            raise ValueError(f"method must return a tensor shaped like its input "
-                             f"{tuple(batch.shape)}, got {tuple(attribution.shape)}")
-        keep = self.subject.keep(part)
-        if keep is not None:  # padding: zero attribution
-            attribution = attribution * repeat_rows(keep, count)
-        flipped = torch.zeros(x.shape[0], device=x.device)
-        if not callable(target):
-            if output is None:  # the method never evaluated the noisy batch itself (IG)
-                with torch.no_grad():
-                    output = runner(batch)
-            targets.check_logits(output)
-            flipped = (output.argmax(dim=1) != target).view(count, -1).sum(dim=0).float()
-        stats.update(attribution.detach().reshape(count, *x.shape))
-        return flipped.to(x.device)
-
-    def _note(self, notes: Mapping[str, Any], part: slice, count: int) -> None:
-        """Keep a pass's notes: per-row values as each example's largest over its copies
-        (DeepLIFT's gap), names as the union over the passes."""
-        for key, value in notes.items():
-            if isinstance(value, Tensor):
-                largest = value.detach().reshape(count, -1).amax(dim=0).to(self.flips)
-                kept = self.notes.setdefault(key, torch.zeros_like(self.flips))
-                kept[part] = torch.maximum(kept[part], largest)
-            else:
-                self.notes[key] = tuple(sorted({*self.notes.get(key, ()), *value}))
-
-    def worst_error(self) -> float:
-        """The largest relative error of the main aggregate over the examples."""
-        name = self.options.aggregates[0]
-        return max(float(relative_error(s.stderr(name), s.aggregate(name)).max())
-                   for s in self.stats)
-
-    def result(self, *, final: bool = False) -> SmoothResult[Any]:
-        """The result so far (`final`: the call's, checked to be finite)."""
-        dtype, noisy = self.x.dtype, bool(self.sigma.any())
-        maps = {}
-        for name in self.options.aggregates:
-            value = torch.cat([s.aggregate(name) for s in self.stats]).to(dtype)
-            stderr = torch.cat([s.stderr(name) for s in self.stats]).to(dtype)
-            if final and not bool(torch.isfinite(value).all()):
-                raise FloatingPointError(
-                    f"{self.options.method_name} gave a non-finite {name} map for a finite "
-                    f"input (in {dtype}); compute in float32 or check the model for overflow")
-            maps[name] = (self.subject.unpack(value),
-                          self.subject.unpack(stderr if noisy else torch.zeros_like(stderr)))
-        main = self.options.aggregates[0]
-        resolved = None if callable(self.target) else self.target
-        return SmoothResult(
-            attribution=maps[main][0], stderr=maps[main][1], samples=self.done,
-            target=resolved, sigma=self.shown_sigma, aggregate=main,
-            flip_rate=None if resolved is None else self.flips / max(self.done, 1),
-            inputs=self.inputs, method=self.options.method_name, probability=self.probability,
-            maps=maps, diagnostics=dict(self.notes), precision=self.precision)
+    options = dict(method_kwargs or {})
+    if not all(isinstance(key, str) for key in options):
+        raise TypeError("method_kwargs must be a dict with str keys")
+    if isinstance(method, functools.partial) and not method.args:
+        options = {**method.keywords, **options}
+        method = method.func
+    if callable(getattr(method, "attribute", None)):
+        return method, options
+    per_call = {key: value for key, value in options.items() if _per_example_value(value, n)}
+    fixed = {key: value for key, value in options.items() if key not in per_call}
+    if not fixed:
+        return method, per_call
+    base = by_name.get(method, method) if isinstance(method, str) else method
+    if isinstance(method, str) and method not in by_name:
+        return method, options  # unknown name: resolve_method names the problem
+    return functools.partial(base, **fixed), per_call
 
 
-class _Kept:
-    """Stands in for a part's `SampleStats` while the fast path checks a precision: keeps
-    each pass's maps."""
-
-    def __init__(self) -> None:
-        self.maps: list[Tensor] = []
-
-    def update(self, maps: Tensor) -> None:
-        self.maps.append(maps)
-
-
-def _warn_without_range(sigma: Tensor, options: SmoothConfig) -> None:
-    """Policy: warn (not refuse) when relative noise meets an example with no range.
-
-    A constant input (a black image) is legitimate and its map is well defined — the base
-    method's — but SmoothGrad was asked for and none happens, which the caller should know.
-    """
-    if options.stdev is None and options.noise and not bool(sigma.all()):
-        flat = [int(i) for i in (sigma == 0).nonzero().flatten()]
-        which = "the input has" if sigma.shape[0] == 1 else f"examples {flat} have"
-        warnings.warn(f"{which} no range (max = min), so σ = noise × range = 0: the map is "
-                      "the base method's, without smoothing; pass stdev= for an absolute σ",
-                      stacklevel=2)
-
-
-def _check_input(x: object) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, not {type(x).__name__}")
-    if x.is_meta:
-        raise ValueError("x is on the meta device, which holds no values: create it (and the "
-                         "model) on a real device, e.g. x.to_empty(device='cpu') then fill "
-                         "it, or model.to_empty(device=...) and load the weights")
-    if not x.dtype.is_floating_point:
-        raise TypeError(f"x must be a floating-point tensor, got {x.dtype} "
-                        "(convert images with x.float() and the model's preprocessing)")
-    if x.dim() < 2 or x.shape[0] == 0:
-        raise ValueError(f"x must be a non-empty batch shaped (N, ...), got {tuple(x.shape)}; "
-                         "add a batch dimension with x[None]")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x contains NaN or infinite values")
+def _per_example_value(value: object, n: int) -> bool:
+    """Per-example options (first dimension N), and integer tensors (token-id baselines)."""
+    return isinstance(value, Tensor) and value.dim() > 0 and (
+        value.shape[0] == n or not value.dtype.is_floating_point)

@@ -32,7 +32,7 @@ import contextlib
 import copy
 import dataclasses
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -277,7 +277,7 @@ class _Copies:
     refused: dict[torch.dtype, Precision] = field(default_factory=dict)
 
 
-_CACHE: weakref.WeakKeyDictionary[nn.Module, _Copies] = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[nn.Module, Any] = weakref.WeakKeyDictionary()
 
 
 def _fingerprint(model: nn.Module, subject: Subject) -> tuple[Any, ...]:
@@ -292,12 +292,13 @@ def _fingerprint(model: nn.Module, subject: Subject) -> tuple[Any, ...]:
             tuple((t.data_ptr(), t._version) for t in tensors))
 
 
-def _copies(model: nn.Module, subject: Subject, target: Resolved | None) -> _Copies:
-    """The float32 copy for `subject` (kept per model; checked against the model when it
-    changed anything)."""
+def _copies(model: nn.Module, subject: Subject, target: Resolved | None,
+            kept: MutableMapping[nn.Module, Any]) -> _Copies:
+    """The float32 copy for `subject` (kept per model in `kept`; checked against the model
+    when it changed anything)."""
     key = _fingerprint(model, subject)
-    cached = _CACHE.get(model)
-    if cached is not None and cached.key == key:
+    cached = kept.get(model)
+    if isinstance(cached, _Copies) and cached.key == key:
         return cached
     example = subject.explained
     channels_last = example.dim() == 4 or any(
@@ -313,8 +314,8 @@ def _copies(model: nn.Module, subject: Subject, target: Resolved | None) -> _Cop
                              compiled=False, logit_error=logit_error,
                              map_correlation=correlation)
     _check(full.report, 0.999, exact=True)
-    _CACHE[model] = _Copies(key, full, changed)
-    return _CACHE[model]
+    copies = kept[model] = _Copies(key, full, changed)
+    return copies
 
 
 def _subject(subject: Subject, fast: FastModel) -> Subject:
@@ -338,14 +339,16 @@ class FastSubjects:
 
 
 def fast_subjects(model: nn.Module, subject: Subject, target: Resolved | None = None,
-                  reduced: torch.dtype | None = None) -> FastSubjects:
+                  reduced: torch.dtype | None = None, *,
+                  kept: MutableMapping[nn.Module, Any] | None = None) -> FastSubjects:
     """The optimised copies of `subject`'s model (which must be `model`), as subjects.
 
     Call it under `guard.explaining(model)`. The copies are kept for the model while its
     parameters and buffers are unchanged; the reduced one is the float32 one with its
     matrix products and convolutions in `reduced` (and eager attention switched to SDPA).
+    `kept`: where the copies are kept (an explainer's own; None: the process-wide cache).
     """
-    copies = _copies(model, subject, target)
+    copies = _copies(model, subject, target, _CACHE if kept is None else kept)
     full = _subject(subject, copies.full) if copies.changed else subject
     if reduced is None or reduced in copies.refused:
         return FastSubjects(full, None, copies.full.report,
@@ -381,11 +384,13 @@ def reduced_copy(model: nn.Module, dtype: torch.dtype, *,
     return kept[dtype, channels_last][1]
 
 
-def remember(model: nn.Module, dtype: torch.dtype, decision: Precision) -> None:
+def remember(model: nn.Module, dtype: torch.dtype, decision: Precision,
+             kept: MutableMapping[nn.Module, Any] | None = None) -> None:
     """Keep a refusal of `dtype` whose map correlation is far below the bar (under
-    `precision.REMEMBER_BELOW`) with the model's copies: later calls with the same copies
-    run float32 without checking again (EfficientNet-Lite0's bfloat16 maps correlate ~0.92)."""
-    copies = _CACHE.get(model)
+    `precision.REMEMBER_BELOW`) with the model's copies (in `kept`, else the process-wide
+    cache): later calls with the same copies run float32 without checking again
+    (EfficientNet-Lite0's bfloat16 maps correlate ~0.92)."""
+    copies = (_CACHE if kept is None else kept).get(model)
     if (copies is not None and decision.correlation is not None
             and decision.correlation < REMEMBER_BELOW):
         copies.refused[dtype] = dataclasses.replace(
@@ -398,4 +403,4 @@ def cached_copy(model: nn.Module, example: Tensor,
     """The float32 optimised copy of `model` for inputs like `example` (one tensor), kept
     while the model's parameters and buffers are unchanged."""
     with explaining(model):
-        return _copies(model, prepare(model, example), target).full
+        return _copies(model, prepare(model, example), target, _CACHE).full

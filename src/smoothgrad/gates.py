@@ -24,39 +24,16 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from smoothgrad.overrides import intercepted
+from smoothgrad.overrides import MEAN_FIELD, intercepted
 
 __all__ = ["GATED", "GateMode", "GateRule", "Gated", "Site", "module_names"]
 
 _LAMBDA = 1 / 1.702  # sigmoid(t) ≈ Φ(t / 1.702), error below 0.01
 _FLOAT = int | float
 
-GATED = frozenset({
-    "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "clamp", "clamp_", "clip", "clip_",
-    "clamp_min", "clamp_min_", "clamp_max", "clamp_max_", "leaky_relu", "leaky_relu_",
-    "threshold", "threshold_", "prelu", "gelu", "silu", "softplus",
-})
-"""Functions (by name, module or functional, in-place or not) whose derivative is gated."""
-
-_REFUSED = frozenset({
-    "elu", "elu_", "selu", "selu_", "celu", "celu_", "mish", "hardswish", "hardsigmoid",
-    "sigmoid", "sigmoid_", "tanh", "tanh_", "logsigmoid", "softsign", "rrelu", "rrelu_",
-    "glu", "tanhshrink", "softshrink", "hardshrink",
-})
-_CLEAN = frozenset({
-    "max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
-    "adaptive_max_pool3d", "fractional_max_pool2d", "fractional_max_pool3d", "softmax",
-    "log_softmax", "softmin", "layer_norm", "group_norm", "instance_norm", "rms_norm",
-    "scaled_dot_product_attention", "multi_head_attention_forward",
-})
-_PARAMS = {  # name without a trailing "_" -> (parameter names after the input, defaults)
-    "relu": ((), ()), "relu6": ((), ()), "hardtanh": (("min_val", "max_val"), (-1.0, 1.0)),
-    "clamp": (("min", "max"), (None, None)), "clip": (("min", "max"), (None, None)),
-    "clamp_min": (("min",), (None,)), "clamp_max": (("max",), (None,)),
-    "leaky_relu": (("negative_slope",), (0.01,)), "threshold": (("threshold",), (None,)),
-    "prelu": (("weight",), (None,)), "gelu": (("approximate",), ("none",)), "silu": ((), ()),
-    "softplus": (("beta", "threshold"), (1.0, 20.0)),
-}
+GATED = frozenset(name for name, rule in MEAN_FIELD.items() if rule.mean_field == "gate")
+"""Functions (by name, module or functional, in-place or not) whose derivative is gated:
+`overrides.RULES`' rows whose mean-field rule is "gate"."""
 
 
 @dataclass(frozen=True)
@@ -112,8 +89,9 @@ def _expected_gelu_derivative(mu: Tensor, s: Tensor) -> Tensor:
 
 
 def _bind(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    names, defaults = _PARAMS[name.rstrip("_")]
-    bound = dict(zip(names, defaults, strict=True))
+    parameters = MEAN_FIELD[name].parameters
+    names = [parameter for parameter, _ in parameters]
+    bound = dict(parameters)
     bound.update(zip(names, args[1:], strict=False))
     bound.update({k: v for k, v in kwargs.items() if k in bound})
     inplace = name.endswith("_") or kwargs.get("inplace") is True or (
@@ -186,10 +164,11 @@ class GateMode(TorchFunctionMode):
         name, first, kwargs = intercepted(func, args, kwargs)
         if self.phase == "survey" and isinstance(first, Tensor) and first.requires_grad:
             where = self.names[-1] if self.names else "the model"
-            if name in _REFUSED:
+            rule = MEAN_FIELD.get(name)
+            if rule is not None and rule.mean_field == "refuse":
                 raise ValueError(f"mean_field has no Gaussian rule for {name} (at {where}); "
                                  f"supported: {', '.join(sorted(GATED))}")
-            if name in _CLEAN:
+            if rule is not None and rule.mean_field == "clean":
                 self.clean_kept.add(f"{name} (at {where})")
             if name == "batch_norm" and (args[5:6] == (True,) or kwargs.get("training")):
                 self.clean_kept.add(f"batch_norm with batch statistics (at {where})")

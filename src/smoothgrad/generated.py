@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from smoothgrad.methods import title
+from smoothgrad.methods.registry import title
 from smoothgrad.tokens import COLORMAP, html_page
 
 if TYPE_CHECKING:

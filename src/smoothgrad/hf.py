@@ -31,7 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from smoothgrad.models import LoadedModel, ModelError, resolve_device
+from smoothgrad.models.errors import ModelError
+from smoothgrad.models.loaded import LoadedModel, resolve_device
 from smoothgrad.outputs import pick
 
 __all__ = ["PREFIX", "CausalLM", "Encoded", "TextModel", "is_hf", "load", "load_causal_lm"]

@@ -52,8 +52,8 @@ from smoothgrad.layers import (
 from smoothgrad.noise import checked_sigma, example_range, noise_scale
 from smoothgrad.outputs import OutputFn, check_output_fn, pick
 
-__all__ = ["Extras", "Subject", "bind", "examples", "layer_output", "per_rows", "prepare",
-           "repeat_rows", "split_method"]
+__all__ = ["INPUT_FIELDS", "Inputs", "Subject", "bind", "examples", "layer_output", "per_rows",
+           "prepare", "repeat_rows"]
 
 Stdev = float | Tensor | Sequence[float | Tensor]
 
@@ -294,8 +294,9 @@ def _layer_pass(model: nn.Module, layer: nn.Module, inputs: Sequence[Tensor],
 
 
 @dataclass(frozen=True)
-class Extras:
-    """The options of `smooth` that describe the call's inputs rather than the smoothing.
+class Inputs:
+    """What a call's inputs are beyond one floating tensor x: `smooth(model, x,
+    inputs=Inputs(...))`, or the same names as `smooth`'s keywords.
 
     - x may be a tuple of tensors: floating ones are noised (σ per input and example; stdev
       one number, one per floating input, or a tensor broadcastable to one example for a
@@ -323,6 +324,15 @@ class Extras:
     output: OutputFn | None = None
     noise_range: Tensor | Sequence[Tensor] | None = None
 
+    def given(self, loose: Mapping[str, Any]) -> Inputs:
+        """These inputs with the fields in `loose` (keywords of `smooth`) set.
+
+        Example:
+            >>> Inputs(noise_range=torch.ones(3)).given({"forward_kwargs": {"a": 1}}).forward_kwargs
+            {'a': 1}
+        """
+        return dataclasses.replace(self, **loose) if loose else self
+
     def plain(self, x: object) -> bool:
         """One tensor x noised itself: the engine's own input checks apply."""
         return isinstance(x, Tensor) and self.layer is None
@@ -343,6 +353,10 @@ class Extras:
         return checked_sigma(subject.sigma(options.noise or 0.0, stdev, self.noise_range), given)
 
 
+INPUT_FIELDS = tuple(f.name for f in dataclasses.fields(Inputs))
+"""`Inputs`' fields: the keywords of `smooth` that describe its inputs."""
+
+
 def _per_example_if_uniform(sigma: Tensor) -> Tensor:
     """σ (N, ...) as (N,) when each example has one σ for all its features."""
     flat = sigma.flatten(1)
@@ -353,40 +367,6 @@ def examples(x: object) -> int:
     """N, the number of examples of x (a tensor or a tuple of them); -1 if x is malformed."""
     first = x[0] if isinstance(x, Sequence) and x else x
     return int(first.shape[0]) if isinstance(first, Tensor) and first.dim() > 0 else -1
-
-
-def split_method(method: Any, method_kwargs: Mapping[str, Any] | None, n: int,
-                 by_name: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """(the method with its fixed options, the options to pass per call).
-
-    A name or callable with keyword options becomes a `functools.partial` of them (so the
-    engine sees e.g. integrated gradients' `steps`), except tensors whose first dimension is
-    N (per-example baselines), which are passed per call for the rows of each pass. Options
-    of a `functools.partial` the caller made are treated the same. A Captum object gets all
-    its options per call.
-    """
-    options = dict(method_kwargs or {})
-    if not all(isinstance(key, str) for key in options):
-        raise TypeError("method_kwargs must be a dict with str keys")
-    if isinstance(method, functools.partial) and not method.args:
-        options = {**method.keywords, **options}
-        method = method.func
-    if callable(getattr(method, "attribute", None)):
-        return method, options
-    per_call = {key: value for key, value in options.items() if _per_example_value(value, n)}
-    fixed = {key: value for key, value in options.items() if key not in per_call}
-    if not fixed:
-        return method, per_call
-    base = by_name.get(method, method) if isinstance(method, str) else method
-    if isinstance(method, str) and method not in by_name:
-        return method, options  # unknown name: resolve_method names the problem
-    return functools.partial(base, **fixed), per_call
-
-
-def _per_example_value(value: object, n: int) -> bool:
-    """Per-example options (first dimension N), and integer tensors (token-id baselines)."""
-    return isinstance(value, Tensor) and value.dim() > 0 and (
-        value.shape[0] == n or not value.dtype.is_floating_point)
 
 
 def bind(explain: Any, options: Mapping[str, Any], n: int, part: slice, copies: int) -> Any:

@@ -17,13 +17,17 @@ It is biased: gates of successive layers are correlated and the product of expec
 not the expectation of the product. EVALUATION.md measures the bias and the compute saved;
 `validate=M` measures it on your model against M ordinary Monte-Carlo samples.
 
+It is an estimator (`smoothgrad.estimator`): `smooth(..., estimator="mean_field")` runs
+it, with its options in `config.MeanField` (gates, groups, validate) and its facts in
+`SmoothResult.mean_field`.
+
 Example:
-    >>> import torch
+    >>> import torch, smoothgrad as sg
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
     ...                             torch.nn.Linear(8, 3)).eval()
-    >>> result = mean_field(model, torch.randn(2, 4), samples=64, seed=0)
-    >>> result.attribution.shape, result.samples
-    (torch.Size([2, 4]), 64)
+    >>> result = sg.smooth(model, torch.randn(2, 4), estimator="mean_field", samples=64)
+    >>> result.attribution.shape, result.samples, result.mean_field.sites
+    (torch.Size([2, 4]), 64, 1)
 """
 
 from __future__ import annotations
@@ -31,92 +35,33 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from smoothgrad import targets
-from smoothgrad.gates import GATED, GateMode, module_names
+from smoothgrad.config import SmoothConfig
+from smoothgrad.estimator import Call, check_input
+from smoothgrad.gates import GateMode, module_names
 from smoothgrad.guard import explaining
+from smoothgrad.inputs import INPUT_FIELDS
+from smoothgrad.montecarlo import monte_carlo
 from smoothgrad.noise import noise_scale, standard_normal
-from smoothgrad.result import SmoothResult, relative_error, target_probability
+from smoothgrad.result import MeanFieldFacts, SmoothResult, Validation, target_probability
 
-if TYPE_CHECKING:
-    from smoothgrad.config import SmoothConfig
-
-__all__ = ["GATED", "MeanFieldResult", "Validation", "check_options", "mean_field",
-           "smooth_mean_field"]
-
-@dataclass(frozen=True)
-class Validation:
-    """Mean-field against `samples` Monte-Carlo samples (`smooth`), per example (N,).
-
-    distance: ‖mean-field − Monte Carlo‖ / ‖Monte Carlo‖; distance_stderr: its standard
-    error; noise_floor: the distance expected from the two estimates' own sampling errors
-    alone; bias: √(distance² − noise_floor²) (0 where negative), the approximation's error.
-    """
-
-    samples: int
-    distance: Tensor
-    distance_stderr: Tensor
-    noise_floor: Tensor
-    bias: Tensor
-    monte_carlo: Tensor
+__all__ = ["mean_field"]
 
 
-@dataclass(frozen=True)
-class MeanFieldResult:
-    """What `mean_field` returns; tensors shaped like x unless noted.
+def mean_field(call: Call) -> SmoothResult[Any]:
+    """Mean-field SmoothGrad of the call's method ("gradient" or "input_x_gradient").
 
-    attribution: the mean-field map. stderr: its per-element standard error from the
-    jackknife over `groups` groups of the noisy copies (sampling error only, not the
-    mean-field bias). samples: noisy forward copies per example. target, sigma, flip_rate,
-    probability: as in `smooth`. sites: activation calls gated. validation: see
-    `Validation`, or None.
-    """
-
-    attribution: Tensor
-    stderr: Tensor
-    samples: int
-    target: Tensor | None
-    sigma: Tensor
-    flip_rate: Tensor | None
-    gates: str
-    sites: int
-    validation: Validation | None
-    probability: Tensor | None = None
-
-    def relative_error(self) -> Tensor:
-        """‖stderr‖ / ‖map‖ per example (sampling error only; see `validation` for bias)."""
-        return relative_error(self.stderr, self.attribution)
-
-
-def mean_field(
-    model: nn.Module,
-    x: Tensor,
-    *,
-    method: str = "gradient",
-    target: int | Tensor | Any | None = None,
-    samples: int = 64,
-    noise: float | None = None,
-    stdev: float | None = None,
-    gates: Literal["gaussian", "empirical"] = "gaussian",
-    batch_size: int = 16,
-    seed: int = 0,
-    groups: int = 4,
-    validate: int = 0,
-    progress: Callable[[int], None] | None = None,
-) -> MeanFieldResult:
-    """Mean-field SmoothGrad of `method` ("gradient" or "input_x_gradient") for the batch x.
-
-    noise, stdev, target and seed mean what they mean in `smooth`: sample k's noise is
-    `smooth`'s sample k. `samples` noisy forward passes (K) are run in chunks of
-    `batch_size` copies, without autograd; then one clean forward and 1 + `groups`
-    backward passes (the map and its jackknife). input_x_gradient is x times the mean-field
+    noise, stdev, target and seed mean what they mean for Monte Carlo: sample k's noise is
+    its sample k. `samples` noisy forward passes (K) run in chunks of `batch_size` copies
+    (16 with "auto"), without autograd; then one clean forward and 1 + `groups` backward
+    passes (the map and its jackknife). input_x_gradient is x times the mean-field
     gradient (Monte-Carlo SmoothGrad of it averages (x + ε)·∇f(x + ε), which differs by
-    E[ε·∇f(x + ε)]). `validate=M` also runs `smooth` with M samples (seed + 2**32) and
+    E[ε·∇f(x + ε)]). `validate=M` also runs Monte Carlo with M samples (seed + 2**32) and
     reports the distance between the two (`Validation`). progress: called after each noisy
     pass with the number of samples it added.
 
@@ -125,67 +70,78 @@ def mean_field(
     ...) are refused with an error naming the layer. Products of two activations (gating)
     are not detected: check such models with `validate`.
     """
-    from smoothgrad.engine import smooth
-
-    _check_arguments(x, method, gates, noise, stdev, samples=samples, batch_size=batch_size,
-                     groups=groups, validate=validate, seed=seed)
+    x, options = call.x, call.options
+    if call.callback is not None or any(getattr(call.inputs, name) is not None
+                                        for name in INPUT_FIELDS):
+        raise ValueError("estimator='mean_field' explains one floating tensor, without "
+                         "callback, forward_kwargs, layer, noise_mask or output")
+    check_input(x)
+    settings = options.mean_field
     x = x.detach()
-    n = x.shape[0]
-    with explaining(model):
-        mode = GateMode(n, groups, gates == "empirical", [])
-        leaf = x.clone().requires_grad_(True)
-        with torch.enable_grad(), module_names(model) as names:
-            mode.names = names
-            with mode:
-                clean_output = model(leaf).detach()  # its graph is freed here
-        resolved = targets.resolve(target, clean_output)
-        if mode.clean_kept:
-            warnings.warn("mean_field keeps the clean-input gradient (no expectation) of: "
-                          + ", ".join(sorted(mode.clean_kept))
-                          + "; check the estimate with validate=M", stacklevel=2)
-        if not mode.sites:
-            warnings.warn("mean_field found no activation to gate: the result is the plain "
-                          "gradient", stacklevel=2)
-        sigma = noise_scale(x, noise, stdev)
-        flips = _collect(model, mode, x, sigma, resolved, samples, batch_size, seed, progress)
-        grads = _backward(model, mode, x, resolved, samples)
+    samples, groups = int(options.samples), settings.groups
+    with explaining(call.model):
+        mode, clean_output, resolved = _survey(call.model, x, groups,
+                                               settings.gates == "empirical", call.target)
+        sigma = noise_scale(x, _noise(options), _stdev(options))
+        batch_size = 16 if options.batch_size == "auto" else int(options.batch_size)
+        flips = _collect(call.model, mode, x, sigma, resolved, samples, batch_size,
+                         options.seed, call.progress)
+        grads = _backward(call.model, mode, x, resolved, samples)
     attribution, stderr = grads[0], _jackknife(grads[1:])
     if samples < groups:
         stderr = torch.full_like(stderr, math.inf)
-    if method == "input_x_gradient":
+    if options.method == "input_x_gradient":
         attribution, stderr = x * attribution, x.abs() * stderr
     validation = None
-    if validate:
-        mc = smooth(model, x, method=method, target=resolved, samples=validate, noise=noise,
-                    stdev=stdev, seed=seed + 2**32)
-        validation = _validation(validate, attribution, stderr, mc.attribution, mc.stderr)
-    return MeanFieldResult(
+    if settings.validate:
+        validation = _validate(call, options, resolved, attribution, stderr)
+    target = None if callable(resolved) else resolved
+    return SmoothResult(
         attribution=attribution.to(x.dtype), stderr=stderr.to(x.dtype), samples=samples,
-        target=None if callable(resolved) else resolved, sigma=sigma,
-        flip_rate=None if flips is None else flips / samples, gates=gates,
-        sites=len(mode.sites), validation=validation,
-        probability=target_probability(clean_output, None if callable(resolved) else resolved))
+        target=target, sigma=sigma, flip_rate=None if flips is None else flips / samples,
+        aggregate="mean", inputs=call.x, method=options.method_name,
+        probability=target_probability(clean_output, target),
+        mean_field=MeanFieldFacts(settings.gates, len(mode.sites), validation))
 
 
-def _check_arguments(x: object, method: str, gates: str, noise: object, stdev: object,
-                     **counts: object) -> None:
-    from smoothgrad.engine import _check_input
+def _noise(options: SmoothConfig) -> float | None:
+    return None if options.stdev is not None else options.noise
 
-    _check_input(x)
-    if method not in ("gradient", "input_x_gradient"):
-        raise ValueError(f"mean_field supports method 'gradient' or 'input_x_gradient', "
-                         f"got {method!r}")
-    if gates not in ("gaussian", "empirical"):
-        raise ValueError(f"gates must be 'gaussian' or 'empirical', got {gates!r}")
-    least = {"samples": 1, "batch_size": 1, "groups": 2}
-    for name, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < least.get(name, 0):
-            raise ValueError(f"{name} must be an int >= {least.get(name, 0)}, got {value!r}")
-    if noise is not None and stdev is not None:
-        raise ValueError("give either noise (relative) or stdev (absolute), not both")
-    for name, level in (("noise", noise), ("stdev", stdev)):
-        if level is not None and not (isinstance(level, int | float) and 0 <= level < math.inf):
-            raise ValueError(f"{name} must be a finite number >= 0, got {level!r}")
+
+def _stdev(options: SmoothConfig) -> float | None:
+    return options.stdev if isinstance(options.stdev, float) else None
+
+
+def _survey(model: nn.Module, x: Tensor, groups: int, empirical: bool,
+            target: targets.Requested) -> tuple[GateMode, Tensor, targets.Resolved]:
+    """The clean pass: every activation site recorded, the target resolved; warnings for
+    what keeps its clean gradient, or when nothing is gated."""
+    mode = GateMode(x.shape[0], groups, empirical, [])
+    leaf = x.clone().requires_grad_(True)
+    with torch.enable_grad(), module_names(model) as names:
+        mode.names = names
+        with mode:
+            clean_output = model(leaf).detach()  # its graph is freed here
+    resolved = targets.resolve(target, clean_output)
+    if mode.clean_kept:
+        warnings.warn("mean_field keeps the clean-input gradient (no expectation) of: "
+                      + ", ".join(sorted(mode.clean_kept))
+                      + "; check the estimate with validate=M", stacklevel=5)
+    if not mode.sites:
+        warnings.warn("mean_field found no activation to gate: the result is the plain "
+                      "gradient", stacklevel=5)
+    return mode, clean_output, resolved
+
+
+def _validate(call: Call, options: SmoothConfig, target: targets.Resolved, estimate: Tensor,
+              stderr: Tensor) -> Validation:
+    """Monte Carlo with `validate` samples (seed + 2**32) against the mean-field estimate."""
+    samples = options.mean_field.validate
+    checking = SmoothConfig(method=options.method, samples=samples, noise=_noise(options),
+                            stdev=_stdev(options), seed=options.seed + 2**32,
+                            batch_size=options.batch_size)
+    mc = monte_carlo(Call(call.model, call.x.detach(), checking, target))
+    return _validation(samples, estimate, stderr, mc.attribution, mc.stderr)
 
 
 def _collect(model: nn.Module, mode: GateMode, x: Tensor, sigma: Tensor, target: targets.Resolved,
@@ -278,41 +234,3 @@ def _validation(samples: int, estimate: Tensor, stderr: Tensor, mc: Tensor,
         noise_floor=floor.float(),
         bias=(distance.square() - floor.square()).clamp(min=0).sqrt().float(),
         monte_carlo=mc)
-
-
-def check_options(options: SmoothConfig) -> None:
-    """Refuse `smooth` options that the mean-field estimator does not implement."""
-    if options.estimator != "mean_field":
-        raise ValueError(f"estimator must be 'monte_carlo' or 'mean_field', "
-                         f"got {options.estimator!r}")
-    problems = []
-    if options.method not in ("gradient", "input_x_gradient"):
-        problems.append(f"method must be 'gradient' or 'input_x_gradient' "
-                        f"(got {options.method_name!r})")
-    if options.samples == "auto":
-        problems.append("samples must be a number")
-    if options.aggregates != ("mean",):
-        problems.append("aggregate must be 'mean'")
-    if options.antithetic or options.fast:
-        problems.append("antithetic and fast are not supported")
-    if options.stdev is not None and not isinstance(options.stdev, float):
-        problems.append("stdev must be one number")
-    if problems:
-        raise ValueError("estimator='mean_field': " + "; ".join(problems))
-
-
-def smooth_mean_field(model: nn.Module, x: object, options: SmoothConfig, target: Any,
-                      progress: Callable[[int], None] | None = None) -> SmoothResult:
-    """`smooth(..., estimator="mean_field")`: `mean_field` with the call's options."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"estimator='mean_field' explains one tensor x, not {type(x).__name__}")
-    result = mean_field(
-        model, x, method=str(options.method), target=target, samples=int(options.samples),
-        noise=None if options.stdev is not None else options.noise,
-        stdev=options.stdev if isinstance(options.stdev, float) else None,
-        batch_size=16 if options.batch_size == "auto" else int(options.batch_size),
-        seed=options.seed, progress=progress)
-    return SmoothResult(
-        attribution=result.attribution, stderr=result.stderr, samples=result.samples,
-        target=result.target, sigma=result.sigma, flip_rate=result.flip_rate, aggregate="mean",
-        inputs=x, method=options.method_name, probability=result.probability)

@@ -17,9 +17,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from smoothgrad.config import DEFAULT_NOISE
+__all__ = [
+    "DEFAULT_NOISE", "checked_sigma", "example_range", "noise_scale", "sample_seed",
+    "standard_normal",
+]
 
-__all__ = ["checked_sigma", "example_range", "noise_scale", "sample_seed", "standard_normal"]
+DEFAULT_NOISE = 0.15
+"""σ as a fraction of each example's value range, when neither noise nor stdev is given."""
 
 
 @functools.lru_cache(maxsize=65536)

@@ -35,14 +35,15 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 __all__ = [
-    "GUIDED", "RESCALED", "RULES", "Rescaling", "Rule", "graph_nodes", "guide_rectifiers",
-    "intercepted", "node_kind", "uncovered_by_deeplift",
+    "GUIDED", "MEAN_FIELD", "RESCALED", "RULES", "Rescaling", "Rule", "graph_nodes",
+    "guide_rectifiers", "intercepted", "node_kind", "uncovered_by_deeplift",
 ]
 
 
 @dataclass(frozen=True)
 class Rule:
-    """What the modified-gradient methods do at one kind of autograd node.
+    """What the modified-gradient methods and the mean-field estimator do at one kind of
+    autograd node.
 
     guided: "guide" (a rectifier: only the positive upstream gradient passes, times the local
     derivative), "extend" (the same rule on a smooth rectifier-like function, which is our
@@ -50,47 +51,94 @@ class Rule:
     unmodified and named in a warning), or "" for a node guided backprop ignores.
     deeplift: "rescale" (Δy/Δx, by replacing `functions` in the forward pass) or "warn" (the
     plain gradient, named in a warning). label: the name a user knows the operation by.
+    mean_field: what `smoothgrad.gates` does at a call of one of `functions`: "gate" (its
+    local derivative replaced by its expectation; `parameters` are the call's arguments
+    after the input, with their defaults), "clean" (keeps its clean-input gradient, named
+    in a warning) or "refuse" (no rule: refused, naming the layer); "" for none.
     """
 
     guided: str
     deeplift: str
     label: str
     functions: tuple[str, ...] = ()
+    mean_field: str = ""
+    parameters: tuple[tuple[str, Any], ...] = ()
 
 
-def _rule(guided: str, label: str, *more: str) -> Rule:
-    return Rule(guided, "rescale", label, (label, *more))
+def _rule(guided: str, label: str, *more: str, mean_field: str = "",
+          parameters: tuple[tuple[str, Any], ...] = ()) -> Rule:
+    return Rule(guided, "rescale", label, (label, *more), mean_field, parameters)
 
+
+def _kept(label: str, *functions: str) -> Rule:
+    """A node the gradient methods leave alone (or name) and mean-field keeps clean."""
+    return Rule("", "warn", label, functions or (label,), "clean")
+
+
+def _only(mean_field: str, label: str, *functions: str) -> Rule:
+    """A function with a mean-field rule only (the gradient methods pass it by)."""
+    return Rule("", "", label, functions or (label,), mean_field)
+
+
+_RANGE = (("min", None), ("max", None))
 
 RULES: dict[str, Rule] = {
-    "Relu": _rule("guide", "relu", "relu_"),
-    "Hardtanh": _rule("guide", "hardtanh", "hardtanh_", "relu6"),
-    "LeakyRelu": _rule("guide", "leaky_relu", "leaky_relu_"),
-    "Threshold": _rule("guide", "threshold", "threshold_"),
-    "PreluKernel": Rule("guide", "warn", "prelu"),
-    "Elu": _rule("extend", "elu", "elu_", "selu", "selu_"),
-    "Celu": _rule("extend", "celu", "celu_"),
-    "Gelu": _rule("extend", "gelu"),
-    "Silu": _rule("extend", "silu"),
-    "Mish": _rule("extend", "mish"),
-    "Softplus": _rule("extend", "softplus"),
-    "Hardswish": _rule("extend", "hardswish"),
-    "Sigmoid": _rule("warn", "sigmoid", "sigmoid_"),
-    "Tanh": _rule("warn", "tanh", "tanh_"),
-    "Hardsigmoid": _rule("warn", "hardsigmoid"),
-    "Clamp": Rule("warn", "warn", "clamp"),
-    "ClampMin": Rule("warn", "warn", "clamp_min"),
-    "ClampMax": Rule("warn", "warn", "clamp_max"),
-    **{f"MaxPool{d}DWithIndices": Rule("", "warn", f"max_pool{d}d") for d in (2, 3)},
-    **{f"AdaptiveMaxPool{d}D": Rule("", "warn", f"adaptive_max_pool{d}d") for d in (2, 3)},
-    "Softmax": Rule("", "warn", "softmax"),
-    "LogSoftmax": Rule("", "warn", "log_softmax"),
+    "Relu": _rule("guide", "relu", "relu_", mean_field="gate"),
+    "Hardtanh": _rule("guide", "hardtanh", "hardtanh_", mean_field="gate",
+                      parameters=(("min_val", -1.0), ("max_val", 1.0))),
+    "LeakyRelu": _rule("guide", "leaky_relu", "leaky_relu_", mean_field="gate",
+                       parameters=(("negative_slope", 0.01),)),
+    "Threshold": _rule("guide", "threshold", "threshold_", mean_field="gate",
+                       parameters=(("threshold", None),)),
+    "PreluKernel": Rule("guide", "warn", "prelu", ("prelu",), "gate", (("weight", None),)),
+    "Elu": _rule("extend", "elu", "elu_", "selu", "selu_", mean_field="refuse"),
+    "Celu": _rule("extend", "celu", "celu_", mean_field="refuse"),
+    "Gelu": _rule("extend", "gelu", mean_field="gate", parameters=(("approximate", "none"),)),
+    "Silu": _rule("extend", "silu", mean_field="gate"),
+    "Mish": _rule("extend", "mish", mean_field="refuse"),
+    "Softplus": _rule("extend", "softplus", mean_field="gate",
+                      parameters=(("beta", 1.0), ("threshold", 20.0))),
+    "Hardswish": _rule("extend", "hardswish", mean_field="refuse"),
+    "Sigmoid": _rule("warn", "sigmoid", "sigmoid_", mean_field="refuse"),
+    "Tanh": _rule("warn", "tanh", "tanh_", mean_field="refuse"),
+    "Hardsigmoid": _rule("warn", "hardsigmoid", mean_field="refuse"),
+    "Clamp": Rule("warn", "warn", "clamp", ("clamp", "clamp_", "clip", "clip_"), "gate",
+                  _RANGE),
+    "ClampMin": Rule("warn", "warn", "clamp_min", ("clamp_min", "clamp_min_"), "gate",
+                     _RANGE[:1]),
+    "ClampMax": Rule("warn", "warn", "clamp_max", ("clamp_max", "clamp_max_"), "gate",
+                     _RANGE[1:]),
+    "MaxPool2DWithIndices": _kept("max_pool2d", "max_pool2d", "max_pool1d"),
+    "MaxPool3DWithIndices": _kept("max_pool3d"),
+    "AdaptiveMaxPool2D": _kept("adaptive_max_pool2d", "adaptive_max_pool2d",
+                               "adaptive_max_pool1d"),
+    "AdaptiveMaxPool3D": _kept("adaptive_max_pool3d"),
+    "Softmax": _kept("softmax", "softmax", "softmin"),
+    "LogSoftmax": _kept("log_softmax"),
     **{f"{name}RnnLayer": Rule("", "warn", "a fused recurrent layer (LSTM/GRU/RNN)")
        for name in ("Mkldnn",)},
     **{f"{name}Rnn": Rule("", "warn", "a fused recurrent layer (LSTM/GRU/RNN)")
        for name in ("Cudnn", "Miopen")},
+    # Kinds below have a mean-field rule only. Functions torch composes from others have no
+    # node of their own and are keyed by their name (no node matches such a key).
+    "Relu6": Rule("", "rescale", "relu6", ("relu6",), "gate"),
+    "LogSigmoid": _only("refuse", "log_sigmoid", "logsigmoid"),
+    "Softsign": _only("refuse", "softsign"),
+    "RreluWithNoise": _only("refuse", "rrelu_with_noise", "rrelu", "rrelu_"),
+    "Glu": _only("refuse", "glu"),
+    "Tanhshrink": _only("refuse", "tanhshrink"),
+    "Softshrink": _only("refuse", "softshrink"),
+    "Hardshrink": _only("refuse", "hardshrink"),
+    "FractionalMaxPool2D": _only("clean", "fractional_max_pool2d"),
+    "FractionalMaxPool3D": _only("clean", "fractional_max_pool3d"),
+    "NativeLayerNorm": _only("clean", "layer_norm"),
+    "NativeGroupNorm": _only("clean", "group_norm"),
+    "InstanceNorm": _only("clean", "instance_norm"),
+    "RmsNorm": _only("clean", "rms_norm"),
+    "ScaledDotProductAttention": _only("clean", "scaled_dot_product_attention"),
+    "MultiHeadAttention": _only("clean", "multi_head_attention_forward"),
 }
-"""Autograd node kind -> the guided-backprop and DeepLIFT rules at that node."""
+"""Autograd node kind -> the guided-backprop, DeepLIFT and mean-field rules at that node."""
 
 GUIDED = frozenset(kind for kind, rule in RULES.items() if rule.guided in ("guide", "extend"))
 """Autograd node kinds whose negative upstream gradient guided backprop zeroes."""
@@ -98,6 +146,10 @@ GUIDED = frozenset(kind for kind, rule in RULES.items() if rule.guided in ("guid
 RESCALED = frozenset(name for rule in RULES.values() if rule.deeplift == "rescale"
                      for name in rule.functions)
 """Elementwise functions that DeepLIFT's rescale rule replaces, by name."""
+
+MEAN_FIELD = {name: rule for rule in RULES.values() if rule.mean_field for name in rule.functions}
+"""Function name -> its rule, for every function the mean-field estimator gates, keeps clean
+or refuses."""
 
 _SUFFIX = re.compile(r"Backward\d*$")
 

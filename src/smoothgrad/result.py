@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic
 
@@ -29,7 +30,37 @@ if TYPE_CHECKING:
     from smoothgrad.display import Panels
     from smoothgrad.precision import Precision
 
-__all__ = ["SmoothResult", "relative_error", "target_probability"]
+__all__ = ["MeanFieldFacts", "SmoothResult", "Validation", "relative_error",
+           "target_probability"]
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Mean-field against `samples` Monte-Carlo samples, per example (N,).
+
+    distance: ‖mean-field − Monte Carlo‖ / ‖Monte Carlo‖; distance_stderr: its standard
+    error; noise_floor: the distance expected from the two estimates' own sampling errors
+    alone; bias: √(distance² − noise_floor²) (0 where negative), the approximation's error;
+    monte_carlo: the Monte-Carlo map.
+    """
+
+    samples: int
+    distance: Tensor
+    distance_stderr: Tensor
+    noise_floor: Tensor
+    bias: Tensor
+    monte_carlo: Tensor
+
+
+@dataclass(frozen=True)
+class MeanFieldFacts:
+    """What the mean-field estimator adds to its result: the `gates` kind ("gaussian" or
+    "empirical"), the number of activation calls gated (`sites`), and the `validation`
+    against Monte Carlo (None unless asked for with `MeanField(validate=M)`)."""
+
+    gates: str
+    sites: int
+    validation: Validation | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +83,11 @@ class SmoothResult(Generic[M]):
     ``deeplift_gap`` (N,), each example's largest relative summation gap of DeepLIFT over
     its noisy copies; ``extended_rule`` and ``unmodified``, the operations guided backprop
     applied its extended rule to or left alone. Empty for methods without notes.
+    mean_field: the mean-field estimator's facts (`MeanFieldFacts`), None for Monte Carlo;
+    its `stderr` is then the jackknife's over groups of the copies (sampling error only,
+    not the approximation's bias). plain_pass: `(model, x, target, method=None) -> map`,
+    the base method's map without noise, as `smooth` computes it (set by `smooth`;
+    `show(model)` draws it).
     """
 
     attribution: M
@@ -65,6 +101,8 @@ class SmoothResult(Generic[M]):
     method: str = ""
     probability: Tensor | None = None
     maps: dict[str, tuple[M, M]] = field(default_factory=dict, repr=False, compare=False)
+    mean_field: MeanFieldFacts | None = field(default=None, repr=False, compare=False)
+    plain_pass: Callable[..., Tensor] | None = field(default=None, repr=False, compare=False)
     diagnostics: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     precision: Precision | None = None
 

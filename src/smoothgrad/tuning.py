@@ -231,11 +231,13 @@ class BatchTuner:
         torch.cuda.empty_cache()
 
 
-def tuner_for(model: nn.Module, method: object, x: Tensor, fast: bool) -> BatchTuner:
-    """The tuner kept for this model, method, device, example shape and dtype, and fast path."""
+def tuner_for(model: nn.Module, method: object, x: Tensor, fast: bool,
+              kept: dict[tuple[Any, ...], BatchTuner] | None = None) -> BatchTuner:
+    """The tuner kept for this model, method, device, example shape and dtype, and fast path:
+    in `kept` (the tuners an explainer holds for its model), else for the process."""
     key = (x.device, tuple(x.shape[1:]), x.dtype, fast,
            method if isinstance(method, str) else id(method))
-    tuners = _TUNERS.setdefault(model, {})
+    tuners = _TUNERS.setdefault(model, {}) if kept is None else kept
     if key not in tuners:
         least, most = _SIZE_RANGE.get(x.device.type, (2, 4096))
         tuners[key] = BatchTuner(default_batch_size(x.device), least, most)
@@ -255,12 +257,13 @@ class Passes:
     """
 
     def __init__(self, model: nn.Module, x: Tensor, *, method: object, batch_size: int | str,
-                 fast: bool, limit: int, stops_early: bool, unit: int = 1) -> None:
+                 fast: bool, limit: int, stops_early: bool, unit: int = 1,
+                 kept: dict[tuple[Any, ...], BatchTuner] | None = None) -> None:
         self.examples, self.unit, self.device, self.limit = x.shape[0], unit, x.device, limit
         self.tuner: BatchTuner | None = None
         self.most = 0  # balanced passes up to this many rows (0: passes of `rows` exactly)
         if batch_size == "auto":
-            tuner = tuner_for(model, method, x, fast)
+            tuner = tuner_for(model, method, x, fast, kept)
             self.fixed = tuner.rows
             if not (tuner.finished or stops_early or self.examples * unit > tuner.rows):
                 self.tuner = tuner

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+import smoothgrad.batch.sources as inputs
 from smoothgrad import guard, models, viz
-from smoothgrad.batch import sources as inputs
 from smoothgrad.batch.job import Job
 from smoothgrad.batch.sources import BatchError, Decoded, Source, collect, key_root
 from smoothgrad.batch.store import (

@@ -22,7 +22,7 @@ from smoothgrad.cli.options import (
 )
 from smoothgrad.cli.parser import subcommand
 from smoothgrad.config import DEFAULT_NOISE
-from smoothgrad.methods import title
+from smoothgrad.methods.registry import title
 
 __all__ = ["add", "run"]
 

@@ -34,10 +34,25 @@ from smoothgrad.cli.options import (
     smoothing,
 )
 from smoothgrad.cli.parser import UsageError, subcommand
-from smoothgrad.methods import BY_NAME
+from smoothgrad.methods.registry import BY_NAME
 from smoothgrad.stats import AGGREGATES
 
 __all__ = ["add", "run"]
+
+
+_METRIC_FLAGS = (
+    ("infidelity_perturbations", positive_int, "N",
+     "Gaussian perturbations of infidelity (default: {})"),
+    ("infidelity_std", positive_float, "S", "std of infidelity's Gaussian perturbations, in "
+     "the units of the model's input (default: {})"),
+    ("sensitivity_perturbations", positive_int, "N",
+     "perturbed inputs of max-sensitivity (default: {})"),
+    ("sensitivity_radius", positive_float, "R", "L-inf radius of max-sensitivity's "
+     "perturbations (default: {}, Captum's; Quantus: 0.2, 200 perturbations)"),
+    ("floor_seeds", positive_int, "N",
+     "other noise seeds of the sensitivity noise floor (default: {})"),
+)
+"""The metric options' flags: MetricOptions field, type, metavar, help (with its default)."""
 
 
 def add(commands: Any) -> None:
@@ -61,31 +76,15 @@ def add(commands: Any) -> None:
     add_smoothing_options(parser, aggregate=False)
     add_evaluation_options(parser)
     defaults = evaluation.MetricOptions()
-    parser.add_argument("--infidelity-perturbations", type=positive_int, metavar="N",
-                        default=defaults.infidelity_perturbations,
-                        help="Gaussian perturbations of infidelity (default: "
-                             f"{defaults.infidelity_perturbations})")
-    parser.add_argument("--infidelity-std", type=positive_float, metavar="S",
-                        default=defaults.infidelity_std,
-                        help="std of infidelity's Gaussian perturbations, in the units of the "
-                             f"model's input (default: {defaults.infidelity_std})")
-    parser.add_argument("--infidelity-normalize", action=argparse.BooleanOptionalAction,
-                        default=defaults.infidelity_normalize,
-                        help="rescale each map by infidelity's optimal beta (default: on; "
-                             "Captum's default is off, with 10 perturbations)")
-    parser.add_argument("--sensitivity-perturbations", type=positive_int, metavar="N",
-                        default=defaults.sensitivity_perturbations,
-                        help="perturbed inputs of max-sensitivity (default: "
-                             f"{defaults.sensitivity_perturbations})")
-    parser.add_argument("--sensitivity-radius", type=positive_float, metavar="R",
-                        default=defaults.sensitivity_radius,
-                        help="L-inf radius of max-sensitivity's perturbations (default: "
-                             f"{defaults.sensitivity_radius}, Captum's; Quantus: 0.2, 200 "
-                             "perturbations)")
-    parser.add_argument("--floor-seeds", type=positive_int, metavar="N",
-                        default=defaults.floor_seeds,
-                        help="other noise seeds of the sensitivity noise floor (default: "
-                             f"{defaults.floor_seeds})")
+    for field, kind, metavar, text in _METRIC_FLAGS:
+        default = getattr(defaults, field)
+        parser.add_argument(f"--{field.replace('_', '-')}", type=kind, metavar=metavar,
+                            default=default, help=text.format(default))
+        if field == "infidelity_std":
+            parser.add_argument("--infidelity-normalize", action=argparse.BooleanOptionalAction,
+                                default=defaults.infidelity_normalize,
+                                help="rescale each map by infidelity's optimal beta (default: "
+                                     "on; Captum's default is off, with 10 perturbations)")
     parser.add_argument("--csv", type=Path, metavar="FILE", help="also write the table as CSV")
     parser.set_defaults(run=run)
 

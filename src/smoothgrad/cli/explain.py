@@ -33,7 +33,7 @@ from smoothgrad.cli.parser import Parser, subcommand
 from smoothgrad.config import SmoothConfig
 from smoothgrad.engine import SmoothResult, smooth
 from smoothgrad.files import Data, npy_bytes, write_all
-from smoothgrad.methods import title as method_title
+from smoothgrad.methods.registry import title as method_title
 from smoothgrad.stats import AGGREGATE_FILE_NAMES, AGGREGATE_TITLES
 
 __all__ = ["Explained", "add", "describe", "explain_image", "method_figure", "run"]

@@ -18,7 +18,7 @@ from typing import TypeVar
 from smoothgrad import evaluation, models, viz
 from smoothgrad.cli.parser import UsageError
 from smoothgrad.config import DEFAULT_NOISE, SmoothConfig
-from smoothgrad.methods import BY_NAME
+from smoothgrad.methods.registry import BY_NAME
 from smoothgrad.stats import AGGREGATES
 
 __all__ = ["SAVE_FORMATS", "add_evaluation_options", "add_figure_options", "add_method_option",

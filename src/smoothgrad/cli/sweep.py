@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from smoothgrad import evaluation, images, methods, viz
+from smoothgrad import evaluation, images, viz
 from smoothgrad.cli import common
 from smoothgrad.cli.options import (
     add_evaluation_options,
@@ -29,6 +29,7 @@ from smoothgrad.cli.options import (
 )
 from smoothgrad.cli.parser import UsageError, subcommand
 from smoothgrad.config import DEFAULT_NOISE
+from smoothgrad.methods.registry import title as method_title
 from smoothgrad.stats import AGGREGATES
 
 __all__ = ["add", "run"]
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         probabilities = model(x).softmax(dim=1)[0]
     index = int(probabilities.argmax()) if target is None else target
     label = viz.class_label(index, float(probabilities[index]), model.labels)
-    smoothed = f"{evaluation.SMOOTHING_NAMES[args.aggregate]} + {methods.title(args.method)}"
+    smoothed = f"{evaluation.SMOOTHING_NAMES[args.aggregate]} + {method_title(args.method)}"
     common.say(args, f"{name}: {smoothed}, explaining {explained!r}")
     result = evaluation.sweep(
         model, x, method=args.method, noises=args.noise, samples=args.samples,

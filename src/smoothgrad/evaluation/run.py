@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from smoothgrad.config import SmoothConfig
 from smoothgrad.engine import SmoothResult, smooth
 from smoothgrad.evaluation.settings import (
     SMOOTHING_NAMES,
@@ -100,7 +101,7 @@ class Run:
     """One `evaluate` call on one batch: the maps and the work they share, computed once."""
 
     def __init__(self, model: nn.Module, x: Tensor, target: int | Tensor | None,
-                 smoothing: Mapping[str, Any], options: MetricOptions,
+                 smoothing: SmoothConfig, options: MetricOptions,
                  progress: Progress | None) -> None:
         with torch.no_grad():
             self.clean = model(x)  # the clean output: resolves the target, feeds infidelity
@@ -110,8 +111,7 @@ class Run:
         self.rows = options.pass_size(smoothing, x.device)
         self.shared: dict[str, Any] = {}
         self.counters: dict[str, list[int]] = {}
-        samples = smoothing.get("samples", 50)
-        self.samples = samples if isinstance(samples, int) else smoothing.get("max_samples", 500)
+        self.samples = smoothing.limit
 
     def once(self, key: str, compute: Callable[[], Any]) -> Any:
         if key not in self.shared:
@@ -140,9 +140,9 @@ class Run:
         if seed_offset == 0:
             out["none"] = (_plain(model, x, method, self.target), None)
         if aggregates:
-            smoothing = dict(self.smoothing)
+            smoothing = self.smoothing
             if seed_offset:
-                smoothing["seed"] = int(smoothing.get("seed", 0)) + seed_offset
+                smoothing = smoothing.replace(seed=smoothing.seed + seed_offset)
             results = smooth_all(model, x, method, self.target, aggregates, smoothing,
                                  progress=self.report(f"{method} {task}", calls * self.samples))
             out.update({a: (r.attribution.detach(), r) for a, r in results.items()})
@@ -223,11 +223,12 @@ class Run:
 
 
 def smooth_all(model: nn.Module, x: Tensor, method: str | Callable[..., Tensor],
-               target: Tensor, aggregates: Sequence[str], smoothing: Mapping[str, Any], *,
+               target: Tensor, aggregates: Sequence[str], smoothing: SmoothConfig, *,
                progress: Callable[[int], None] | None = None) -> dict[str, SmoothResult]:
-    """`smooth` for several aggregates, all from one run of noisy passes."""
-    result = smooth(model, x, method=method, target=target, aggregate=tuple(aggregates),
-                    progress=progress, **smoothing)
+    """`smooth` with the options `smoothing` for several aggregates, all from one run of
+    noisy passes."""
+    result = smooth(model, x, smoothing, method=method, target=target,
+                    aggregate=tuple(aggregates), progress=progress)
     return {a: result.select(a) for a in aggregates}
 
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from smoothgrad.config import DEFAULT_NOISE
+from smoothgrad.config import SmoothConfig, configured
 from smoothgrad.engine import default_batch_size
 from smoothgrad.metrics import SCORES, Score
 from smoothgrad.metrics.faithfulness import (
@@ -21,6 +21,7 @@ from smoothgrad.metrics.faithfulness import (
     Substrate,
     default_substrate,
 )
+from smoothgrad.noise import DEFAULT_NOISE
 from smoothgrad.stats import AGGREGATE_TITLES
 
 __all__ = [
@@ -128,14 +129,17 @@ class MetricOptions:
                 for kind in CURVE_KINDS}
 
     @staticmethod
-    def pass_size(smoothing: Mapping[str, Any], device: torch.device) -> int:
+    def pass_size(smoothing: SmoothConfig, device: torch.device) -> int:
         """Rows per forward pass of the metrics: the smoothing `batch_size`."""
-        size = smoothing.get("batch_size", "auto")
+        size = smoothing.batch_size
         return size if isinstance(size, int) else default_batch_size(device)
 
 
 class _Settings:
     """`of(**keywords)`: the settings object from flat keywords (see `settings_from`)."""
+
+    SET_BY_CALL: ClassVar[tuple[str, ...]] = ()
+    """Smoothing options the call sets itself (refused as keywords)."""
 
     @classmethod
     def of(cls, **settings: Any) -> Any:
@@ -147,23 +151,24 @@ class _Settings:
 class Evaluation(_Settings):
     """What `evaluate` computes: methods, SmoothGrad aggregates, metrics and their options.
 
-    `smoothing` holds the keyword arguments of every `smooth` call (`samples`, `noise`,
-    `seed`, `batch_size`, ...); `aggregate` and `target` are set by `evaluate`.
+    `smoothing` is the `SmoothConfig` of every `smooth` call (`samples`, `noise`, `seed`,
+    `batch_size`, ...); its `method` and `aggregate` are replaced by each row's, and the
+    target is `evaluate`'s.
     """
+
+    SET_BY_CALL = ("aggregate", "method", "target")
 
     methods: tuple[str, ...] = ("gradient", "guided_backprop")
     aggregates: tuple[str, ...] = ("mean", "square", "var")
     metrics: tuple[str, ...] = DEFAULT_METRICS
     options: MetricOptions = MetricOptions()
-    smoothing: Mapping[str, Any] = field(default_factory=dict)
+    smoothing: SmoothConfig = field(default_factory=SmoothConfig)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.metrics) - set(METRICS))
         if unknown:
             raise ValueError(f"unknown metrics {unknown}; valid: {', '.join(METRICS)}")
-        for name in ("aggregate", "target"):
-            if name in self.smoothing:
-                raise TypeError(f"smoothing options cannot set {name!r}: evaluate sets it")
+        _check_smoothing(self.smoothing)
 
 
 @dataclass(frozen=True)
@@ -171,7 +176,10 @@ class SweepSettings(_Settings):
     """What `sweep` computes: the noise row (σ in `noises` at `at_samples` samples), the
     samples row (n in `samples` at `at_noise`), the `reference_samples`-sample reference,
     the maps' `seed` (the reference uses `seed + 1`), metric options and the other smoothing
-    options (`aggregate`, `batch_size`, `antithetic`, ...)."""
+    options as a `SmoothConfig` (`aggregate`, `batch_size`, `antithetic`, ...; its method,
+    samples, noise and seed are replaced by the sweep's own)."""
+
+    SET_BY_CALL = ("noise", "stdev", "target")
 
     method: str | Callable[..., Tensor] = "gradient"
     noises: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
@@ -181,20 +189,26 @@ class SweepSettings(_Settings):
     reference_samples: int = 500
     seed: int = 0
     options: MetricOptions = MetricOptions()
-    smoothing: Mapping[str, Any] = field(default_factory=dict)
+    smoothing: SmoothConfig = field(default_factory=SmoothConfig)
 
     def __post_init__(self) -> None:
         if self.reference_samples <= max(self.samples):
             raise ValueError(f"reference_samples ({self.reference_samples}) must exceed the "
                              f"largest samples ({max(self.samples)})")
-        for name in ("seed", "samples", "noise", "target", "method"):
-            if name in self.smoothing:
-                raise TypeError(f"smoothing options cannot set {name!r}: sweep sets it")
+        _check_smoothing(self.smoothing)
+        if self.smoothing.stdev is not None:
+            raise TypeError("smoothing options cannot set 'stdev': sweep sets the noise")
+
+
+def _check_smoothing(smoothing: object) -> None:
+    if not isinstance(smoothing, SmoothConfig):
+        raise TypeError(f"smoothing must be a SmoothConfig, not {type(smoothing).__name__}")
 
 
 def settings_from(cls: Any, settings: dict[str, Any], base: Any = None) -> Any:
     """`cls` (or `base` with fields replaced) from flat keywords: `cls`'s fields, the fields
-    of `MetricOptions` and, for the rest, smoothing options (added to `smoothing`)."""
+    of `MetricOptions` and, for the rest, `SmoothConfig` fields (set on `smoothing`; an
+    unknown name is a TypeError suggesting the closest, one the call sets is refused)."""
     if base is None and not settings:
         return cls()
     base = cls() if base is None else base
@@ -204,10 +218,15 @@ def settings_from(cls: Any, settings: dict[str, Any], base: Any = None) -> Any:
     options = {key: value for key, value in settings.items() if key in metric}
     smoothing = {key: value for key, value in settings.items()
                  if key not in own and key not in metric}
+    caller = "evaluate" if cls is Evaluation else "sweep"
+    for name in smoothing:
+        if name in cls.SET_BY_CALL:
+            raise TypeError(f"smoothing options cannot set {name!r}: {caller} sets it")
     if options:
         fields["options"] = dataclasses.replace(fields.get("options", base.options), **options)
     if smoothing:
-        fields["smoothing"] = {**fields.get("smoothing", base.smoothing), **smoothing}
+        fields["smoothing"] = configured(fields.get("smoothing", base.smoothing), smoothing,
+                                         caller=caller, others=(*own, *metric))
     return dataclasses.replace(base, **fields)
 
 

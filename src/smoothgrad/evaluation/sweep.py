@@ -66,9 +66,9 @@ def sweep(model: nn.Module, x: Tensor, config: SweepSettings | None = None, *,
 
     def map_at(noise: float, n: int, seed: int = config.seed) -> SmoothResult:
         if (noise, n, seed) not in cache:
-            result = smooth(model, x, method=config.method, target=target_t, samples=n,
-                            noise=noise, seed=seed, progress=run.report("maps", total),
-                            **config.smoothing)
+            result = smooth(model, x, config.smoothing, method=config.method,
+                            target=target_t, samples=n, noise=noise, seed=seed,
+                            progress=run.report("maps", total))
             cache[noise, n, seed] = result
             if log is not None and seed == config.seed:
                 log(f"{_name(config.method)}: noise {noise:g}, {result.samples} samples")
@@ -82,20 +82,25 @@ def sweep(model: nn.Module, x: Tensor, config: SweepSettings | None = None, *,
             result = map_at(noise, n)
             compared = (convergence_row(n, [result.attribution], reference.attribution)
                         if kind == "samples" else None)
-            rows.append({
-                "row": kind, "noise": noise, "samples": result.samples,
-                "relative_error": float(result.relative_error()[0]) if result.samples > 1
-                else None,
-                "flip_rate": None if result.flip_rate is None else float(result.flip_rate[0]),
-                **_compared(compared),
-                **{key: float(value[0]) for key, value in run.map_scores(
-                    result.attribution, DEFAULT_METRICS[:4], f"{kind} {noise:g} {n}").items()},
-            })
+            scores = run.map_scores(result.attribution, DEFAULT_METRICS[:4],
+                                    f"{kind} {noise:g} {n}")
+            rows.append(_row(kind, noise, result, compared, scores))
     return Sweep(noise_maps=[(float(s), map_at(float(s), config.at_samples).attribution[0])
                              for s in config.noises],
                  sample_maps=[(int(n), map_at(config.at_noise, int(n)).attribution[0])
                               for n in config.samples],
                  rows=rows, reference=reference)
+
+
+def _row(kind: str, noise: float, result: SmoothResult, compared: Any,
+         scores: dict[str, Tensor]) -> Row:
+    """One row of the sweep's table (keyed like `SWEEP_COLUMNS`)."""
+    return {
+        "row": kind, "noise": noise, "samples": result.samples,
+        "relative_error": float(result.relative_error()[0]) if result.samples > 1 else None,
+        "flip_rate": None if result.flip_rate is None else float(result.flip_rate[0]),
+        **_compared(compared), **{key: float(value[0]) for key, value in scores.items()},
+    }
 
 
 def _compared(row: Any) -> dict[str, float | None]:

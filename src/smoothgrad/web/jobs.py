@@ -33,6 +33,7 @@ from smoothgrad import display, methods, viz
 from smoothgrad.config import DEFAULT_NOISE
 from smoothgrad.engine import smooth
 from smoothgrad.files import one_line
+from smoothgrad.methods.registry import title as method_title
 from smoothgrad.models import LoadedModel
 from smoothgrad.result import SmoothResult
 
@@ -48,7 +49,7 @@ STRIP_SAMPLES = 20
 IG_STEPS = 16
 """Integrated gradients steps on the page (50 in the library): 16 passes per sample."""
 MAX_SAMPLES = 500
-METHODS = {name: methods.title(name) + (f" ({IG_STEPS} steps)" if name == "integrated_gradients"
+METHODS = {name: method_title(name) + (f" ({IG_STEPS} steps)" if name == "integrated_gradients"
                                         else "")
            for name in ("gradient", "guided_backprop", "input_x_gradient",
                         "integrated_gradients", "deeplift")}
