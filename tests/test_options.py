@@ -183,6 +183,14 @@ def test_config_must_be_a_smooth_config() -> None:
         sg.smooth(MODEL, X, {"samples": 3})  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("name", ["progress", "callback"])
+def test_progress_and_callback_must_be_functions(name: str) -> None:
+    """`progress=False` (as tqdm-style APIs take it) failed after the first pass with
+    "'bool' object is not callable" from inside the loop."""
+    with pytest.raises(TypeError, match=f"{name} must be a function or None, not bool"):
+        sg.smooth(MODEL, X, samples=3, **{name: False})
+
+
 def test_noise_and_stdev_are_one_choice_when_replaced() -> None:
     """stdev= beside a config with a noise (or the default) is the σ used, and back."""
     relative = sg.SmoothConfig(noise=0.3, samples=2)

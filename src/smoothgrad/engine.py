@@ -134,6 +134,9 @@ def checked_call(model: nn.Module, x: Any, config: SmoothConfig | None,
     ones — and the method as given."""
     if inputs is not None and not isinstance(inputs, Inputs):
         raise TypeError(f"inputs must be a smoothgrad.Inputs, not {type(inputs).__name__}")
+    for name, hook in (("progress", progress), ("callback", callback)):
+        if hook is not None and not callable(hook):
+            raise TypeError(f"{name} must be a function or None, not {type(hook).__name__}")
     loose = {key: value for key, value in overrides.items() if key in INPUT_FIELDS}
     given = (inputs or Inputs()).given(loose)
     options = configured(config, {key: value for key, value in overrides.items()
