@@ -47,9 +47,10 @@ def _faces_and_modules(root: Path) -> tuple[dict[str, Path], set[str]]:
 def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
     """Module -> the package's modules it imports, read with `ast` (nothing is imported).
 
-    Every import statement counts, at the top or inside a function (a lazy import still runs
-    the other module, and an arrow drawn lazily is still an arrow), except those under
-    `if TYPE_CHECKING:`, which type checkers read and Python never runs. `from P import n`
+    Every import statement counts: at the top, inside a function (a lazy import still runs
+    the other module, and an arrow drawn lazily is still an arrow) and under
+    `if TYPE_CHECKING:` (the type checker follows it; a module that needs another's types
+    stands above it, so two modules naming each other's types are one floor). `from P import n`
     counts as importing the submodule P.n where there is one, and the face P (the package's
     `__init__`) as well, since P's namespace is read: a module that takes a name from its
     own package's face while that face imports it is a circle. The one exception is the root
@@ -62,13 +63,8 @@ def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
     for name, path in modules.items():
         package = name.split(".") if name in packages else name.split(".")[:-1]
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        typing_only = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.If)
-                       and "TYPE_CHECKING" in ast.unparse(node.test)
-                       for statement in node.body for inner in ast.walk(statement)}
         arrows: set[str] = set()
         for node in ast.walk(tree):
-            if id(node) in typing_only:
-                continue
             if isinstance(node, ast.Import):
                 arrows.update(alias.name for alias in node.names if alias.name in modules)
             elif isinstance(node, ast.ImportFrom):
@@ -164,12 +160,15 @@ def test_the_circle_finder_finds_circles() -> None:
 
 def test_the_graph_counts_lazy_imports_and_package_faces(tmp_path: Path) -> None:
     """A lazy import inside a function closes a circle; so does a submodule reading its own
-    package's face; an import under TYPE_CHECKING does not; the root face is the entry."""
+    package's face, and an import under TYPE_CHECKING (display and result named each
+    other's types that way); the root face is the entry."""
     files = {
         "__init__.py": "from pkg import low, up\n",
         "low.py": "def f():\n    from pkg.up import g\n",
         "up.py": "from pkg import low\n",
-        "typed.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import up\n",
+        "typed.py": ("from typing import TYPE_CHECKING\n"
+                     "if TYPE_CHECKING:\n    from pkg.shown import S\n"),
+        "shown.py": "def draw():\n    from pkg import typed\n",
         "sub/__init__.py": "from pkg.sub.runner import run\n",
         "sub/runner.py": "from pkg.sub import helper\nrun = 1\n",
         "sub/helper.py": "",
@@ -178,6 +177,7 @@ def test_the_graph_counts_lazy_imports_and_package_faces(tmp_path: Path) -> None
         (tmp_path / "pkg" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "pkg" / name).write_text(text)
     graph = import_graph(tmp_path / "pkg")
-    assert graph["pkg.typed"] == set()
+    assert graph["pkg.typed"] == {"pkg.shown"}
     assert graph["pkg.low"] == {"pkg.up"} and graph["pkg.up"] == {"pkg.low"}
-    assert circles(graph) == [["pkg.low", "pkg.up"], ["pkg.sub", "pkg.sub.runner"]]
+    assert circles(graph) == [["pkg.low", "pkg.up"], ["pkg.shown", "pkg.typed"],
+                              ["pkg.sub", "pkg.sub.runner"]]

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -43,7 +43,35 @@ from smoothgrad.stats import AGGREGATE_TITLES
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from smoothgrad.result import SmoothResult
+
+class Shown(Protocol):
+    """What these pictures read of a result: a `smoothgrad.SmoothResult` is one. (Named by
+    its parts rather than imported: a result draws itself through this module.)"""
+
+    @property
+    def attribution(self) -> Any: ...
+    @property
+    def stderr(self) -> Any: ...
+    @property
+    def sigma(self) -> Any: ...
+    @property
+    def inputs(self) -> Any: ...
+    @property
+    def samples(self) -> int: ...
+    @property
+    def target(self) -> Tensor | None: ...
+    @property
+    def flip_rate(self) -> Tensor | None: ...
+    @property
+    def probability(self) -> Tensor | None: ...
+    @property
+    def aggregate(self) -> str: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def plain_pass(self) -> Callable[..., Tensor] | None: ...
+    def relative_error(self) -> Tensor: ...
+
 
 __all__ = [
     "Panels", "caption", "explained", "figure", "html", "input_picture", "map_picture", "row",
@@ -91,7 +119,7 @@ def map_picture(attribution: Tensor | npt.ArrayLike, *, colormap: str | None = N
                         activation=activation)
 
 
-def explained(result: SmoothResult[Any], index: int = 0,
+def explained(result: Shown, index: int = 0,
               labels: Sequence[str] | None = None) -> str | None:
     """The class example ``index`` of ``result`` explains and its probability, as every
     figure names it (`viz.class_label`); None for a callable target.
@@ -107,7 +135,7 @@ def explained(result: SmoothResult[Any], index: int = 0,
     return viz.class_label(int(result.target[index]), probability, labels)
 
 
-def caption(result: SmoothResult[Any], index: int = 0,
+def caption(result: Shown, index: int = 0,
             labels: Sequence[str] | None = None, x: Tensor | None = None) -> str:
     """One line about example ``index``: the explained class and its probability, n, σ,
     relative error and flip rate.
@@ -219,7 +247,7 @@ def figure(fig: Figure) -> Panels:
 
 
 def show(
-    result: SmoothResult[Any],
+    result: Shown,
     model: nn.Module | None = None,
     x: Tensor | None = None,
     *,
@@ -270,7 +298,7 @@ def show(
     return Panels(rows, titles, [caption(result, i, labels, x) for i in range(count)])
 
 
-def html(result: SmoothResult[Any]) -> str | None:
+def html(result: Shown) -> str | None:
     """What a result shows as a notebook cell's value: input | smoothed map | standard error.
 
     None (the plain text repr) for results that are not images, or have no finite map.
@@ -288,7 +316,7 @@ def _is_image(value: Any) -> bool:
     return isinstance(value, Tensor) and value.ndim == 4 and value.shape[1] in (1, 3)
 
 
-def _plain_map(model: nn.Module, x: Tensor, result: SmoothResult[Any],
+def _plain_map(model: nn.Module, x: Tensor, result: Shown,
                method: str | Callable[..., Tensor] | None) -> Tensor:
     """The plain map by the pass the result keeps from `smooth` (a result draws what it
     holds; it never runs the engine itself)."""
