@@ -1,4 +1,4 @@
-"""Small seeded models shared by the tests."""
+"""Small seeded models shared by the tests, and the command line called in process."""
 
 from __future__ import annotations
 
@@ -85,3 +85,34 @@ def cnn() -> nn.Module:
 @pytest.fixture
 def x() -> Tensor:
     return images()
+
+
+TINY_MODEL = '''
+import numpy as np, torch
+from torch import nn
+
+def build():
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                          nn.Flatten(), nn.Linear(16, 5))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    return model, squash
+
+def squash(image):  # the whole photo squashed to 24 high x 12 wide, values in [0, 1]
+    a = np.asarray(image.resize((12, 24)), dtype=np.float32) / 255
+    return torch.from_numpy(a).permute(2, 0, 1)
+'''
+"""A `--model file.py` (build: a seeded 5-class CNN and its preprocessing), as its text."""
+
+
+def call(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """`smoothgrad ARGS` in this process: (exit code, what it wrote on stderr)."""
+    from smoothgrad.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    return code, capsys.readouterr().err

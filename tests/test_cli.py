@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import TINY_MODEL, call
 from smoothgrad import images
 from smoothgrad.cli import main
 
@@ -69,15 +70,6 @@ def test_bad_input_is_one_line_without_traceback(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert "missing.jpg" in done.stderr and not (tmp_path / "out").exists()
-
-
-def call(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    try:
-        code = main(list(args))
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    err = capsys.readouterr().err
-    return code, err
 
 
 @pytest.fixture
@@ -146,28 +138,12 @@ def test_colliding_names_get_distinct_outputs(capsys: pytest.CaptureFixture[str]
 
 # -------------------------------------------------------- issue 10: app-layer regressions
 
-TINY = '''
-import numpy as np, torch
-from torch import nn
 
-def build():
-    gen = torch.Generator().manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
-                          nn.Flatten(), nn.Linear(16, 5))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-    return model, squash
-
-def squash(image):  # the whole photo squashed to 24 high x 12 wide, values in [0, 1]
-    a = np.asarray(image.resize((12, 24)), dtype=np.float32) / 255
-    return torch.from_numpy(a).permute(2, 0, 1)
-'''
 
 
 @pytest.fixture
 def tiny(tmp_path: Path) -> str:
-    (tmp_path / "sg_cli_tiny.py").write_text(TINY)
+    (tmp_path / "sg_cli_tiny.py").write_text(TINY_MODEL)
     return str(tmp_path / "sg_cli_tiny.py")
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 import smoothgrad as sg
+from conftest import call
 from smoothgrad import evaluation, images, metrics, models, viz
 from smoothgrad.cli import main
 from smoothgrad.methods import gradient, guided_backprop
@@ -409,14 +410,6 @@ def test_sweep_curve_flags_change_the_scores(capsys: pytest.CaptureFixture[str],
     with open(tmp_path / "out" / "chelsea_gradient_sweep.csv", newline="") as file:
         written = [float(r["deletion_auc"]) for r in csv.DictReader(file)]
     assert written == pytest.approx([r["deletion_auc"] for r in rows])
-
-
-def call(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    try:
-        code = main(list(args))
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    return code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -10,42 +10,18 @@ import pytest
 import torch
 
 import smoothgrad as sg
+from conftest import TINY_MODEL, call
 from smoothgrad import images
-from smoothgrad.cli import main
 
 CAT = str(images.sample_path("chelsea"))
 
-TINY = '''
-import numpy as np, torch
-from torch import nn
 
-def build():
-    gen = torch.Generator().manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
-                          nn.Flatten(), nn.Linear(16, 5))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-    return model, squash
-
-def squash(image):
-    a = np.asarray(image.resize((12, 16)), dtype=np.float32) / 255
-    return torch.from_numpy(a).permute(2, 0, 1)
-'''
 
 
 @pytest.fixture
 def tiny(tmp_path: Path) -> str:
-    (tmp_path / "sg_outputs_tiny.py").write_text(TINY)
+    (tmp_path / "sg_outputs_tiny.py").write_text(TINY_MODEL)
     return f"{tmp_path / 'sg_outputs_tiny.py'}:build"
-
-
-def call(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    try:
-        code = main(list(args))
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    return code, capsys.readouterr().err
 
 
 # ------------------------------------------------------------ files named after the aggregate
