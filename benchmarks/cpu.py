@@ -312,19 +312,12 @@ def child_memory(impl: str, n: int) -> None:
         fast.cached_copy(model, x)
     # Reset the peak (VmHWM) to the current RSS: ru_maxrss would carry the parent's over exec.
     Path("/proc/self/clear_refs").write_text("5")
-    before = _status_mib("VmRSS")
+    before = h.status_mib("VmRSS")
     if impl == "captum":
         h.captum_smoothgrad(model, target, n, sigma_of(x), None)(x)
     else:
         sg.smooth(model, x, samples=n, batch_size=8, fast=impl == "fast")
-    print(json.dumps({"before_mib": before, "after_mib": _status_mib("VmHWM")}))
-
-
-def _status_mib(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
+    print(json.dumps({"before_mib": before, "after_mib": h.status_mib("VmHWM")}))
 
 
 def main(argv: list[str] | None = None) -> None:

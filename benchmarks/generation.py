@@ -46,23 +46,10 @@ from typing import Any
 
 import torch
 
+import harness as h
+
 VOCAB = 50257
 EOS = VOCAB - 1
-
-
-def _status_mib(field: str) -> float:
-    """A memory figure of this process from /proc/self/status (VmRSS, VmHWM), in MiB."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def _reset_peak() -> None:
-    """Make VmHWM (the peak resident size) start again from the current size."""
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")
 
 
 def _setup(args: argparse.Namespace) -> tuple[Any, Any, str, list[int]]:
@@ -162,10 +149,10 @@ def _child(args: argparse.Namespace, which: str, size: int,
     torch.set_num_threads(args.threads)
     _explainer(args, which, size, 2)()  # first-call allocations and lazy imports
     run = _explainer(args, which, size, args.samples)
-    _reset_peak()
-    before = _status_mib("VmRSS")
+    h.reset_peak()
+    before = h.status_mib("VmRSS")
     run()
-    queue.put(_status_mib("VmHWM") - before)
+    queue.put(h.status_mib("VmHWM") - before)
 
 
 def peak_memory(args: argparse.Namespace, which: str, size: int) -> float:

@@ -265,6 +265,19 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
+def status_mib(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (VmRSS, VmHWM), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def reset_peak() -> None:
+    """Make VmHWM (the peak resident size) start again from the current size."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
 def frozen_copy(model: nn.Module) -> nn.Module:
     """A copy for implementations that would otherwise disturb each other's hooks."""
     return copy.deepcopy(model).eval()

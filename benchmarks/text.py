@@ -35,20 +35,7 @@ from typing import Any
 
 import torch
 
-
-def _status_mib(field: str) -> float:
-    """A memory figure of this process from /proc/self/status (VmRSS, VmHWM), in MiB."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def _reset_peak() -> None:
-    """Make VmHWM (the peak resident size) start again from the current size."""
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")
+import harness as h
 
 
 def _model(args: argparse.Namespace) -> Any:
@@ -120,10 +107,10 @@ def _child(args: argparse.Namespace, which: str, size: int | None, samples: int,
     run = _explainer(args, which, size)
     run()  # first-call allocations, lazy imports and the fast path's copy, at a small n
     args.samples = samples
-    _reset_peak()
-    before = _status_mib("VmRSS")
+    h.reset_peak()
+    before = h.status_mib("VmRSS")
     run()
-    queue.put({"peak_extra_mib": _status_mib("VmHWM") - before})
+    queue.put({"peak_extra_mib": h.status_mib("VmHWM") - before})
 
 
 def peak_memory(args: argparse.Namespace, which: str, size: int | None,
