@@ -24,7 +24,7 @@ from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
 
-__all__ = ["OptionError", "UserError", "is_users", "raised_by_smoothgrad"]
+__all__ = ["OptionError", "UserError", "in_smoothgrad", "is_users", "raised_by_smoothgrad"]
 
 
 class UserError(Exception):
@@ -54,6 +54,13 @@ def raised_by_smoothgrad(exc: BaseException) -> bool:
         False
     """
     frames = traceback.extract_tb(exc.__traceback__)
-    if is_users(exc) or not frames:
-        return False
-    return Path(frames[-1].filename).resolve().is_relative_to(_PACKAGE)
+    return not is_users(exc) and bool(frames) and in_smoothgrad(frames[-1].filename)
+
+
+def in_smoothgrad(filename: str) -> bool:
+    """Whether a traceback frame's file is part of smoothgrad's own code.
+
+    >>> in_smoothgrad(__file__), in_smoothgrad("model.py")
+    (True, False)
+    """
+    return Path(filename).resolve().is_relative_to(_PACKAGE)

@@ -31,8 +31,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO, cast
 
-import smoothgrad
-from smoothgrad.errors import is_users
+from smoothgrad.errors import in_smoothgrad, is_users
 from smoothgrad.files import one_line
 
 __all__ = ["DEBUG_VARIABLE", "Survivable", "debugging", "report", "survivable"]
@@ -40,7 +39,6 @@ __all__ = ["DEBUG_VARIABLE", "Survivable", "debugging", "report", "survivable"]
 DEBUG_VARIABLE = "SMOOTHGRAD_DEBUG"
 """Set to 1 (like ``--debug``) to get the traceback of an error."""
 
-_PACKAGE = Path(smoothgrad.__file__).resolve().parent
 _LIBRARIES = {Path(path).resolve() for path in (
     *(sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")),
     *site.getsitepackages(), site.getusersitepackages())}
@@ -137,9 +135,9 @@ def _kind(filename: str) -> str:
     path = Path(filename)
     if not path.is_file():
         return "other"  # <frozen ...>, <string>
-    path = path.resolve()
-    if path.is_relative_to(_PACKAGE):
+    if in_smoothgrad(filename):
         return "ours"
+    path = path.resolve()
     if any(path.is_relative_to(library) for library in _LIBRARIES):
         return "library"
     return "user"
