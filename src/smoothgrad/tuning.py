@@ -208,10 +208,7 @@ class BatchTuner:
 
     def best(self) -> int:
         """The smallest size measured within 3% of the cheapest cost per row."""
-        if not self.cost:
-            return self.rows
-        cheapest = min(self.cost.values())
-        return min(rows for rows, cost in self.cost.items() if cost <= cheapest * 1.03)
+        return min(self._near_cheapest(), default=self.rows)
 
     def balance_limit(self) -> int:
         """The most rows a balanced pass may hold: up to the memory cap where the best size is
@@ -219,8 +216,12 @@ class BatchTuner:
         size within 3 % of the cheapest (a steeper rise above it is not worth an even split)."""
         if not self.cost or self.best() == max(self.cost):
             return self.most
-        cheapest = min(self.cost.values())
-        return max(rows for rows, cost in self.cost.items() if cost <= cheapest * 1.03)
+        return max(self._near_cheapest())
+
+    def _near_cheapest(self) -> list[int]:
+        """The sizes measured within 3 % of the cheapest cost per row."""
+        cheapest = min(self.cost.values(), default=0.0)
+        return [rows for rows, cost in self.cost.items() if cost <= cheapest * 1.03]
 
     def out_of_memory(self, rows: int) -> None:
         """A pass of `rows` rows ran out of memory: never try as many again."""
