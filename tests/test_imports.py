@@ -181,3 +181,20 @@ def test_the_graph_counts_lazy_imports_and_package_faces(tmp_path: Path) -> None
     assert graph["pkg.low"] == {"pkg.up"} and graph["pkg.up"] == {"pkg.low"}
     assert circles(graph) == [["pkg.low", "pkg.up"], ["pkg.shown", "pkg.typed"],
                               ["pkg.sub", "pkg.sub.runner"]]
+
+
+def test_no_merge_conflict_markers_are_committed() -> None:
+    """A merge left half-resolved shows its markers to every reader (README.md once did)."""
+    root = Path(__file__).parent.parent
+    markers = ("<<<<<<< ", "=======\n", ">>>>>>> ")
+    found = []
+    texts = (".py", ".md", ".toml", ".txt", ".sh", ".yml", ".yaml", ".html", ".ipynb")
+    paths = [*root.glob("*.md"), *root.glob("*.toml"), root / "Makefile", root / ".ci" / "run"]
+    paths += [path for folder in ("docs", "src", "tests", "benchmarks", "examples")
+              for path in (root / folder).rglob("*")
+              if path.suffix in texts and ".egg-info" not in str(path) and path.is_file()]
+    for path in sorted(path for path in paths if path.exists()):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(True), 1):
+            if line.startswith(markers):
+                found.append(f"{path.relative_to(root)}:{number}")
+    assert found == [], found
