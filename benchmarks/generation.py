@@ -14,7 +14,9 @@ hidden size: a (16, 80) matrix.
   it is installed (`pip install --no-deps interpreto==0.5.2`, see ANCHORS.md), never a
   dependency of smoothgrad.
 - Ours: `sg.text.explain_generation(..., continuation=targets)` at the given batch sizes
-  (rows per forward); one forward per chunk of copies, one backward per target.
+  (rows per forward); one forward per chunk of copies, one backward per target; and the
+  same with `fast=True` (`--fast`: bfloat16 where the CPU has it and the call's check
+  accepts it; the precision it ran in is printed).
 
 The tokenizer is a word-level one over the words t0..t50255 and <|endoftext|> (GPT-2's
 is not on this machine; with random weights only the ids matter).
@@ -47,20 +49,26 @@ from typing import Any
 import torch
 
 import harness as h
+from smoothgrad.precision import pearson
 
 VOCAB = 50257
 EOS = VOCAB - 1
 
 
 def _setup(args: argparse.Namespace) -> tuple[Any, Any, str, list[int]]:
-    """The model, the tokenizer, the prompt text and the target ids."""
+    """The model, the tokenizer, the prompt text and the target ids (one model per process,
+    so a warm-up call makes what later calls reuse, such as the fast path's copy)."""
+    return _made(args.layers, args.hidden, args.tokens, args.targets)
+
+
+@functools.cache
+def _made(layers: int, hidden: int, tokens: int, count: int) -> tuple[Any, Any, str, list[int]]:
     import transformers
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=args.hidden, n_layer=args.layers,
-                                     n_head=args.hidden // 64, bos_token_id=EOS,
-                                     eos_token_id=EOS)
+    config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=hidden, n_layer=layers,
+                                     n_head=hidden // 64, bos_token_id=EOS, eos_token_id=EOS)
     model = transformers.GPT2LMHeadModel(config).eval()
     words = {f"t{i}": i for i in range(EOS)} | {"<|endoftext|>": EOS}
     backend = Tokenizer(models.WordLevel(words, unk_token="<|endoftext|>"))
@@ -69,8 +77,8 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, str, list[int]]:
         tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
         unk_token="<|endoftext|>")
     generator = torch.Generator().manual_seed(1)
-    prompt = torch.randint(1000, 50000, (args.tokens,), generator=generator).tolist()
-    targets = torch.randint(1000, 50000, (args.targets,), generator=generator).tolist()
+    prompt = torch.randint(1000, 50000, (tokens,), generator=generator).tolist()
+    targets = torch.randint(1000, 50000, (count,), generator=generator).tolist()
     return model, tokenizer, " ".join(f"t{i}" for i in prompt), targets
 
 
@@ -81,11 +89,13 @@ def _explainer(args: argparse.Namespace, which: str, size: int,
 
     model, tokenizer, prompt, targets = _setup(args)
     text = " ".join(f"t{i}" for i in targets)
-    if which == "ours":
+    if which in ("ours", "fast"):
         def ours() -> torch.Tensor:
             shown = sg.text.explain_generation(
                 model, tokenizer, prompt, continuation=text, method="input_x_gradient",
-                reduce="sum", samples=samples, batch_size=size)
+                reduce="sum", samples=samples, batch_size=size, fast=which == "fast")
+            if shown.precision is not None and samples == args.samples:
+                print(f"# fast batch_size={size}: precision {shown.precision}", flush=True)
             return shown.scores
         return ours
     ids = torch.tensor(tokenizer(prompt)["input_ids"] + targets[:-1])
@@ -206,7 +216,8 @@ def _name(which: str, size: int) -> str:
     return {"captum": "Captum LLMGradientAttribution(LayerGradientXActivation), one call per "
                       "noisy copy",
             "interpreto": f"interpreto 0.5.2 SmoothGrad, batch_size={size}",
-            "ours": f"ours, batch_size={size}"}[which]
+            "ours": f"ours, batch_size={size}",
+            "fast": f"ours fast=True, batch_size={size}"}[which]
 
 
 def main() -> None:
@@ -219,6 +230,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ours", type=int, nargs="*", default=[5, 20], help="our batch sizes")
+    parser.add_argument("--fast", type=int, nargs="*", default=[5, 20],
+                        help="our batch sizes with fast=True")
     parser.add_argument("--interpreto", type=int, default=20, help="its batch size (0: skip)")
     parser.add_argument("--json", default=None, help="write the rows here")
     args = parser.parse_args()
@@ -231,11 +244,17 @@ def main() -> None:
     if args.interpreto:
         configs.append(("interpreto", args.interpreto))
     configs += [("ours", size) for size in args.ours]
+    configs += [("fast", size) for size in args.fast]
     times, cpu, matrices = timings(args, configs)
-    ours = matrices[-1][:, : args.tokens].double()
+    plain = [i for i, (which, _) in enumerate(configs) if which == "ours"]
+    ours = matrices[plain[-1] if plain else 0][:, : args.tokens].double()
     captum = matrices[0]
     print(f"# ours vs Captum on the same noise: max |difference| / max |value| = "
           f"{float((ours - captum).abs().max() / captum.abs().max()):.2e}")
+    for (which, size), matrix in zip(configs, matrices, strict=True):
+        if which == "fast":
+            correlation = pearson(matrix[:, : args.tokens].double().flatten(), ours.flatten())
+            print(f"# fast batch_size={size}: correlation with ours float32 {correlation:.6f}")
     rows = []
     for (which, size), seconds, used in zip(configs, times, cpu, strict=True):
         peak = peak_memory(args, which, size) if which != "captum" else None

@@ -778,7 +778,8 @@ GENERATE = ("--model", "hf:{lm}", "--generate", "2")
 
 def generation_gives(top: int = 3, **options: Any) -> Check:
     """The matrix written and the lines printed are `explain_generation`'s with these
-    options (the base run, a classifier's, writes no matrix)."""
+    options (the base run, a classifier's, writes no matrix); with fast=True the precision
+    it chose is printed too."""
     def check(done: Outcome, runs: Runs) -> None:
         from smoothgrad.text import explain_generation
 
@@ -786,10 +787,11 @@ def generation_gives(top: int = 3, **options: Any) -> Check:
         if "lm" not in runs.text_models:
             runs.text_models["lm"] = hf.load_causal_lm(f"hf:{runs.place.lm}")
         lm = runs.text_models["lm"]
-        want = explain_generation(lm.module, lm.tokenizer, [TEXT], samples=2, batch_size=8,
-                                  **options)[0]
+        given = {"samples": 2, "batch_size": 8, **options}
+        want = explain_generation(lm.module, lm.tokenizer, [TEXT], **given)[0]
         np.testing.assert_allclose(done.array("generation-1.npy"), want.to_numpy(), rtol=1e-5)
         assert all(f"  {line}\n" in done.out for line in want.to_text(top).splitlines())
+        assert (f"  precision: {want.precision}\n" in done.out) == options.get("fast", False)
         assert not list(runs("explain-text").folder.glob("generation-*"))
     return check
 
@@ -827,6 +829,16 @@ GENERATION_ROWS = [
     Row("explain-text", "--top", (*GENERATE, "--top", "1"), both(
         generation_gives(top=1, max_new_tokens=2),
         differs_from_generate(lambda done: done.out))),
+    Row("explain-text", "--fast", (*GENERATE, "--fast", "--samples", "4"), both(
+        generation_gives(max_new_tokens=2, fast=True, samples=4),
+        holds(lambda done: "  precision: " in done.out))),
+    *(Row("explain-text", flag, (*GENERATE, flag, value), both(
+        generation_gives(max_new_tokens=2, **{name: parsed}),
+        differs_from_generate(lambda done: done.array("generation-1.npy"))))
+      for flag, value, name, parsed in (
+          ("--method", "input_x_gradient", "method", "input_x_gradient"),
+          ("--samples", "3", "samples", 3), ("--noise", "0.3", "noise", 0.3),
+          ("--seed", "5", "seed", 5), ("--reduce", "sum", "reduce", "sum"))),
 ]
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 import smoothgrad as sg
+from smoothgrad import precision
 from smoothgrad.errors import OptionError
 from smoothgrad.forcing import Forced, positions, target_maps
 from smoothgrad.layers import sequence_normal
@@ -422,6 +423,78 @@ def test_prompts_past_the_models_positions_are_refused(tok: Any) -> None:
     with pytest.raises(OptionError, match=r"continuation: .*\(the prompt alone is too long"):
         sg.text.explain_generation(model("gpt2"), tok, " ".join(["w1"] * 70),
                                    continuation="w2", samples=1)
+
+
+# ---- fast=True: bfloat16 where the check accepts it --------------------------------------
+
+@pytest.fixture
+def bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This CPU has native bfloat16 (simulated: bfloat16 itself runs on any CPU)."""
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+
+
+FAST = {"max_new_tokens": 4, "samples": 8, "batch_size": 4}
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("method", ["input_x_gradient", "integrated_gradients"])
+def test_fast_runs_bfloat16_where_the_check_accepts_it(kind: str, method: str, tok: Any,
+                                                       bf16: None) -> None:
+    lm = model(kind)
+    plain = sg.text.explain_generation(lm, tok, [PROMPT, LONGER], method=method, **FAST)
+    quick = sg.text.explain_generation(lm, tok, [PROMPT, LONGER], method=method, fast=True,
+                                       **FAST)
+    for slow, fast in zip(plain, quick, strict=True):
+        decided = fast.precision
+        assert decided is not None and decided.dtype == "bfloat16", decided
+        assert decided.decision == "accepted" and decided.samples == 2
+        assert decided.correlation is not None and decided.correlation >= precision.CORRELATION
+        assert decided.error_ratio is not None and decided.error_ratio <= precision.ERROR_RATIO
+        assert not torch.equal(fast.scores, slow.scores)  # bfloat16 did run
+        assert precision.pearson(fast.scores, slow.scores) >= 0.999
+        assert fast.target_tokens == slow.target_tokens and fast.samples == slow.samples == 8
+        assert "in bfloat16" in fast.caption() and slow.precision is None
+        assert "in bfloat16" not in slow.caption()
+    assert all(param.dtype == torch.float32 for param in lm.parameters())
+
+
+def test_fast_refused_is_exactly_fast_false(tok: Any, bf16: None,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refusal (here a bar no precision can pass) runs float32: bit-identical to
+    fast=False, scores, errors and flip rates."""
+    monkeypatch.setattr(precision, "CORRELATION", 1.5)
+    lm = model("gpt2")
+    plain = sg.text.explain_generation(lm, tok, [PROMPT, LONGER], **FAST)
+    quick = sg.text.explain_generation(lm, tok, [PROMPT, LONGER], fast=True, **FAST)
+    for slow, fast in zip(plain, quick, strict=True):
+        assert fast.precision is not None and fast.precision.dtype == "float32"
+        assert fast.precision.decision.startswith("bfloat16 refused: map correlation")
+        for name in ("scores", "stderr", "flip_rate", "probability"):
+            assert torch.equal(getattr(fast, name), getattr(slow, name)), name
+
+
+def test_fast_without_bfloat16_or_samples_to_check_runs_float32(
+        tok: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    lm = model("llama")
+    plain = sg.text.explain_generation(lm, tok, PROMPT, **FAST)
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx2"}))
+    quick = sg.text.explain_generation(lm, tok, PROMPT, fast=True, **FAST)
+    assert isinstance(plain, sg.text.GenerationResult)
+    assert isinstance(quick, sg.text.GenerationResult) and quick.precision is not None
+    assert quick.precision.decision.startswith("not supported: bfloat16 needs native support")
+    assert torch.equal(quick.scores, plain.scores)
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    few = sg.text.explain_generation(lm, tok, PROMPT, fast=True, **{**FAST, "samples": 3})
+    assert isinstance(few, sg.text.GenerationResult) and few.precision is not None
+    assert few.precision.decision == "too few samples (3) to check a lower precision"
+
+
+def test_the_check_spreads_its_targets_over_a_long_continuation() -> None:
+    from smoothgrad.generation import _JUDGED_VALUES, _judged
+
+    assert _judged(16, 80 * 768) == list(range(16))
+    assert _judged(10, _JUDGED_VALUES) == [9]
+    assert _judged(10, _JUDGED_VALUES // 3) == [3, 6, 9]
 
 
 def test_users_model_is_left_as_it_was(tok: Any) -> None:

@@ -35,8 +35,8 @@ from smoothgrad.noise import DEFAULT_NOISE
 from smoothgrad.stats import AGGREGATES
 
 __all__ = [
-    "DEFAULT_NOISE", "MeanField", "SmoothConfig", "SmoothOptions", "as_integer", "as_real",
-    "configured",
+    "DEFAULT_NOISE", "MeanField", "SmoothConfig", "SmoothOptions", "as_flag", "as_integer",
+    "as_real", "configured",
 ]
 
 def _scalar(value: object) -> object:
@@ -179,8 +179,8 @@ class SmoothConfig:
             fixed["samples"] = _positive("samples", self.samples, "a positive int or 'auto'")
         fixed["tol"] = as_real("tol", self.tol, strict=True)  # checked even without "auto"
         fixed["max_samples"] = _positive("max_samples", self.max_samples, "a positive int")
-        fixed["antithetic"] = _flag("antithetic", self.antithetic)
-        fixed["fast"] = _flag("fast", self.fast)
+        fixed["antithetic"] = as_flag("antithetic", self.antithetic)
+        fixed["fast"] = as_flag("fast", self.fast)
         for name, value in fixed.items():
             object.__setattr__(self, name, value)
         if "var" in self.aggregates and self.limit < 2:
@@ -297,7 +297,8 @@ def _unexpected(caller: str, name: str, known: Iterable[str]) -> str:
     return f"{caller}() got an unexpected keyword argument {name!r}{hint}"
 
 
-def _flag(name: str, value: object) -> bool:
+def as_flag(name: str, value: object) -> bool:
+    """`value` if it is a bool (or a 0-d bool array), else an OptionError naming `name`."""
     flag = _scalar(value)
     if isinstance(flag, bool):
         return flag

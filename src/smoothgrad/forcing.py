@@ -8,6 +8,9 @@ LM head runs only at the last K positions, where the targets are scored: per tar
 calling the decoder and the head apart gives the model's own logits (then a target's
 backward pass crosses the head at its own position only), else by `logits_to_keep`.
 
+With a reduced `dtype` (the fast path: the model a `smoothgrad.fast.reduced_copy`), the
+decoder and the head run under autocast; the scores and gradients come back in float32.
+
 `target_maps` then takes one backward pass per target through the retained graph (measured
 faster on CPU than batched cotangents with `is_grads_batched`, and far cheaper than Captum's
 one forward per target) and yields each target's map at the input embeddings for the base
@@ -41,6 +44,7 @@ from torch import Tensor, nn
 from smoothgrad.methods.integrated_gradients import DEFAULT_STEPS
 from smoothgrad.outputs import pick
 from smoothgrad.overrides import Rescaling, uncovered_by_deeplift
+from smoothgrad.precision import autocast
 
 __all__ = ["METHODS", "SCORES", "Forced", "Score", "positions", "target_maps"]
 
@@ -73,7 +77,8 @@ class Forced:
     With a `head` (the model's output embeddings, found by `of` to give the model's own
     logits), the call stops at the decoder's hidden states and the head runs per target, so
     each target's backward pass goes through the head at its own position only; else the
-    model's logits at the K positions are used.
+    model's logits at the K positions are used. `dtype`: the autocast precision of the
+    decoder and head (None: the model's own).
     """
 
     model: nn.Module
@@ -81,27 +86,30 @@ class Forced:
     targets: Tensor
     score: Score
     head: nn.Module | None
+    dtype: torch.dtype | None = None
 
     @classmethod
     def of(cls, model: nn.Module, mask: Tensor, targets: Tensor, score: Score,
-           clean: Tensor) -> Forced:
+           clean: Tensor, dtype: torch.dtype | None = None) -> Forced:
         """The call for `model`, checked on the clean embeddings `clean`: the decoder and
         head are called apart only where that gives the model's own logits (a model that
         scales or caps its logits after the head is called whole)."""
-        whole = cls(model, mask, targets, score, None)
+        whole = cls(model, mask, targets, score, None, dtype)
         decoder = getattr(model, "get_decoder", None)
         head = getattr(model, "get_output_embeddings", None)
         if not callable(decoder) or not callable(head) or not isinstance(head(), nn.Module):
             return whole
-        split = cls(model, mask, targets, score, head())
+        split = cls(model, mask, targets, score, head(), dtype)
         with torch.no_grad():
             expected = whole.logits(clean)
             try:
                 got = split.logits(clean)
             except (TypeError, ValueError, AttributeError):
                 return whole
+        tolerance = 1e-4 if dtype is None else 1e-2  # bfloat16 rounds the two calls apart
         close = got.shape == expected.shape and torch.allclose(
-            got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+            got.float(), expected.float(), rtol=tolerance,
+            atol=tolerance * float(expected.abs().max()))
         return split if close else whole
 
     def repeated(self, copies: int) -> Forced:
@@ -109,7 +117,7 @@ class Forced:
         if copies == 1:
             return self
         return Forced(self.model, self.mask.repeat(copies, 1), self.targets.repeat(copies, 1),
-                      self.score, self.head)
+                      self.score, self.head, self.dtype)
 
     def outputs(self, embeddings: Tensor) -> Tensor:
         """At the K scored positions: hidden states (rows, K, D) with a head, else logits
@@ -117,16 +125,21 @@ class Forced:
         keep = self.targets.shape[1]
         options = dict(inputs_embeds=embeddings, attention_mask=self.mask.long(),
                        position_ids=positions(self.mask), use_cache=False)
-        if self.head is not None:
-            decoder: nn.Module = self.model.get_decoder()  # type: ignore[operator]
-            return pick(decoder(**options), _hidden)[:, -keep:]
-        if "logits_to_keep" in inspect.signature(self.model.forward).parameters:
-            options["logits_to_keep"] = keep
-        return pick(self.model(**options))[:, -keep:]
+        with autocast(embeddings.device, self.dtype):
+            if self.head is not None:
+                decoder: nn.Module = self.model.get_decoder()  # type: ignore[operator]
+                return pick(decoder(**options), _hidden)[:, -keep:]
+            if "logits_to_keep" in inspect.signature(self.model.forward).parameters:
+                options["logits_to_keep"] = keep
+            return pick(self.model(**options))[:, -keep:]
 
     def step(self, outputs: Tensor, t: int) -> Tensor:
         """The logits (rows, vocabulary) at scored position t."""
-        return outputs[:, t] if self.head is None else self.head(outputs[:, t])
+        if self.head is None:
+            return outputs[:, t]
+        with autocast(outputs.device, self.dtype):
+            logits: Tensor = self.head(outputs[:, t])
+        return logits
 
     def logits(self, embeddings: Tensor) -> Tensor:
         """The logits (rows, K, vocabulary) at the positions that score the targets."""

@@ -33,6 +33,8 @@ from smoothgrad.tokens import COLORMAP, html_page
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from smoothgrad.precision import Precision
+
 __all__ = ["GenerationResult"]
 
 
@@ -47,6 +49,8 @@ class GenerationResult:
     - probability: (T,) each target's probability on the clean input; flip_rate: (T,) the
       share of noisy copies whose top token at that step is not the target.
     - text: the generated (or given) continuation, decoded; sigma: the noise σ used.
+    - precision: with fast=True, the precision the passes ran in and the check that chose it
+      (`smoothgrad.precision.Precision`); None otherwise.
     """
 
     prompt: str
@@ -63,6 +67,7 @@ class GenerationResult:
     method: str
     reduce: str
     score: str
+    precision: Precision | None = None
 
     def top_sources(self, k: int = 3) -> list[list[tuple[int, str, float]]]:
         """Per generated token, its `k` source positions of largest |score|: (column, token,
@@ -85,8 +90,10 @@ class GenerationResult:
 
     def caption(self) -> str:
         """What the matrix shows, in one line."""
+        ran = "" if self.precision is None or not self.precision.reduced else (
+            f", in {self.precision.dtype}")
         return (f"{title(self.method)}, SmoothGrad over {self.samples} samples at the input "
-                f"embeddings (σ={self.sigma:.3g}), {self.reduce} over the hidden size, "
+                f"embeddings (σ={self.sigma:.3g}){ran}, {self.reduce} over the hidden size, "
                 f"score: {self.score}; colours scaled per row")
 
     def _colours(self) -> list[list[tuple[int, int, int]]]:

@@ -31,14 +31,16 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from smoothgrad.config import DEFAULT_NOISE, as_integer, as_real
+from smoothgrad.config import DEFAULT_NOISE, as_flag, as_integer, as_real
 from smoothgrad.errors import OptionError
+from smoothgrad.fast import reduced_copy
 from smoothgrad.forcing import METHODS, SCORES, Forced, Score, target_maps
 from smoothgrad.generated import GenerationResult
 from smoothgrad.guard import explaining, gradients_on
 from smoothgrad.layers import masked_range, sequence_normal
 from smoothgrad.methods.integrated_gradients import DEFAULT_STEPS
 from smoothgrad.noise import checked_sigma
+from smoothgrad.precision import Precision, check_samples, judge, reduced_dtype
 from smoothgrad.stats import SampleStats
 from smoothgrad.tokens import REDUCTIONS
 from smoothgrad.tuning import default_batch_size
@@ -56,6 +58,7 @@ class _Options:
     rows: int
     steps: int
     new_tokens: int | None
+    fast: bool
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ def explain_generation(
     score: Literal["log_prob", "logit", "prob"] = "log_prob",
     batch_size: int | Literal["auto"] = "auto",
     steps: int = DEFAULT_STEPS,
+    fast: bool = False,
 ) -> GenerationResult | list[GenerationResult]:
     """SmoothGrad of each generated token's `score` with respect to the input embeddings.
 
@@ -97,14 +101,17 @@ def explain_generation(
     every method), "sum" or "dot" over the hidden size (see `smoothgrad.tokens`): on the
     planted copy task (README) the signed sum of input × gradient ranked the source first in
     2.5 % of prompts, its norm in 100 %. `batch_size`: rows per forward pass (noisy copies
-    × prompts, or path points for integrated gradients). One prompt gives one
+    × prompts, or path points for integrated gradients). `fast`: run in bfloat16 (float16
+    on older GPUs) where the device has it and a check on the first noisy copies finds the
+    map unchanged (as `smooth(fast=True)`; the result's `precision` says what ran and why),
+    else exactly as without it. One prompt gives one
     `GenerationResult`, a list of prompts a list. The model is explained in eval mode and
     left as it was.
     """
     texts = [prompts] if isinstance(prompts, str) else list(prompts)
     options = _checked(model, texts, max_new_tokens, continuation, method=method,
                        samples=samples, noise=noise, seed=seed, reduce=reduce, score=score,
-                       batch_size=batch_size, steps=steps)
+                       batch_size=batch_size, steps=steps, fast=fast)
     forced_texts = _continuations(continuation, len(texts))
     with explaining(model), gradients_on():
         sequences = [_sequence(model, tokenizer, text, options.new_tokens, forced)
@@ -143,7 +150,8 @@ def _checked(model: nn.Module, texts: list[str], max_new_tokens: int | None,
         method=given["method"], samples=as_integer("samples", given["samples"], low=1),
         noise=as_real("noise", given["noise"]), seed=as_integer("seed", given["seed"]),
         reduce=given["reduce"], score=given["score"], rows=rows,
-        steps=as_integer("steps", given["steps"], low=1), new_tokens=new_tokens)
+        steps=as_integer("steps", given["steps"], low=1), new_tokens=new_tokens,
+        fast=as_flag("fast", given["fast"]))
 
 
 def _continuations(continuation: str | Sequence[str] | None, n: int) -> list[str | None]:
@@ -230,19 +238,93 @@ def _explain_part(model: nn.Module, tokenizer: Any, part: list[_Sequence],
         logits = forced.logits(clean).float()
         probability = logits.softmax(dim=2).gather(2, targets.clamp(min=0)[..., None])[..., 0]
     limit = options.samples if bool(sigma.any()) else 1
-    copies = max(1, options.rows // len(part))
-    run = _Stats(part, targets, clean, options)
-    for done in range(0, limit, copies):
-        indices = list(range(done, min(limit, done + copies)))
-        draw = sequence_normal(options.seed, indices, noised, clean.shape[2:], dtype=clean.dtype)
-        x = (clean + sigma[:, None, None] * draw).reshape(-1, *clean.shape[1:])
-        for t, top, attribution in target_maps(
-                forced.repeated(len(indices)), x, options.method, steps=options.steps,
-                rows=options.rows, name_unreached=done == 0):
-            run.flips[:, t] += (top.view(len(indices), -1) != targets[:, t]).sum(dim=0)
-            run.add(t, attribution.view(len(indices), *clean.shape))
-    return [run.result(i, tokenizer, probability[i], sigma[i], limit, noisy=bool(sigma.any()))
+    copies = _Copies(clean, sigma, noised, options, max(1, options.rows // len(part)))
+    run, done, chosen = _Stats(part, targets, clean, options), 0, None
+    if options.fast:
+        chosen, forced, run, done = _go_fast(model, forced, copies, run, limit)
+    copies.explain(forced, range(done, limit), run)
+    return [run.result(i, tokenizer, probability[i], sigma[i], limit, noisy=bool(sigma.any()),
+                       precision=chosen)
             for i in range(len(part))]
+
+
+@dataclass(frozen=True)
+class _Copies:
+    """How the noisy copies of a part's sequences are made and explained."""
+
+    clean: Tensor
+    sigma: Tensor
+    noised: Tensor
+    options: _Options
+    per_pass: int
+
+    def explain(self, forced: Forced, indices: range, run: _Stats,
+                kept: dict[int, list[Tensor]] | None = None, keep: int = 0) -> None:
+        """Add copies `indices` of every sequence, explained through `forced`, to `run`
+        (and, for the targets in `kept`, the maps `run` averages of the copies numbered
+        below `keep` to `kept`)."""
+        for first in range(indices.start, indices.stop, self.per_pass):
+            chosen = range(first, min(indices.stop, first + self.per_pass))
+            draw = sequence_normal(self.options.seed, list(chosen), self.noised,
+                                   self.clean.shape[2:], dtype=self.clean.dtype)
+            x = (self.clean + self.sigma[:, None, None] * draw).reshape(-1, *self.clean.shape[1:])
+            for t, top, attribution in target_maps(
+                    forced.repeated(len(chosen)), x, self.options.method,
+                    steps=self.options.steps, rows=self.options.rows,
+                    name_unreached=first == 0):
+                maps = attribution.view(len(chosen), *self.clean.shape)
+                run.flips[:, t] += (top.view(len(chosen), -1) != run.targets[:, t]).sum(dim=0)
+                run.add(t, maps)
+                if kept is not None and t in kept and first < keep:
+                    kept[t].append(run.averaged(maps[:keep - first]))
+
+
+def _go_fast(model: nn.Module, forced: Forced, copies: _Copies, run: _Stats, limit: int
+             ) -> tuple[Precision, Forced, _Stats, int]:
+    """The precision `fast=True` runs in, as `smooth(fast=True)` chooses it: a reduced one
+    where the device has it and `smoothgrad.precision.judge` accepts it on the part's first
+    noisy copies, explained in float32 and through the model's reduced-precision copy. Then
+    also the call to run, the statistics (with the reduced copies' first pass when accepted)
+    and the copies done; a refusal starts again in float32 (the map `fast=False` makes)."""
+    device = copies.clean.device
+    dtype, why = reduced_dtype(device)
+    check = check_samples(limit)
+    if dtype is None or not check:
+        reason = why or f"too few samples ({limit}) to check a lower precision"
+        return Precision("float32", reason), forced, run, 0
+    lower = reduced_copy(model, dtype)
+    fast = Forced.of(lower.inner, forced.mask, forced.targets, forced.score, copies.clean,
+                     dtype)
+    judged = _judged(run.targets.shape[1], run.averaged(copies.clean[None]).numel())
+    full: dict[int, list[Tensor]] = {t: [] for t in judged}
+    reduced: dict[int, list[Tensor]] = {t: [] for t in judged}
+    checked = _Stats(run.part, run.targets, run.clean, run.options)
+    copies.explain(forced, range(check), checked, full, check)
+    first = min(max(check, copies.per_pass), limit)
+    faster = _Stats(run.part, run.targets, run.clean, run.options)
+    copies.explain(fast, range(first), faster, reduced, check)
+    decision = judge(_stacked(full), _stacked(reduced), dtype, samples=limit)
+    if decision.reduced:
+        return decision, fast, faster, first
+    return decision, forced, run, 0
+
+
+_JUDGED_VALUES = 1 << 22
+"""The most values per copy the precision check keeps (its targets are spread over the
+continuation when all of them would exceed it)."""
+
+
+def _judged(count: int, values: int) -> list[int]:
+    """The targets whose maps the precision check compares: all of `count` when their maps
+    (`values` each, per copy) fit `_JUDGED_VALUES`, else as many as fit, evenly spread and
+    the last (the longest context) always among them."""
+    kept = max(1, min(count, _JUDGED_VALUES // max(values, 1)))
+    return sorted(count - 1 - j * count // kept for j in range(kept))
+
+
+def _stacked(maps: dict[int, list[Tensor]]) -> Tensor:
+    """The kept maps of every target: (copies, sequences, targets, ...)."""
+    return torch.stack([torch.cat(maps[t]) for t in sorted(maps)], dim=2)
 
 
 class _Stats:
@@ -257,23 +339,26 @@ class _Stats:
         self.stats = [[SampleStats((s.ids.shape[0] - 1, *width), ("mean",), device=clean.device)
                        for _ in range(s.targets)] for s in part]
 
+    def averaged(self, attribution: Tensor) -> Tensor:
+        """What is averaged of maps (copies, n, L, D): token scores (copies, n, L) for
+        `reduce` "sum" and "dot", the maps themselves for "norm"."""
+        if self.options.reduce == "sum":
+            return attribution.flatten(3).sum(dim=3)
+        if self.options.reduce == "dot":
+            return (attribution * self.clean).flatten(3).sum(dim=3)
+        return attribution
+
     def add(self, t: int, attribution: Tensor) -> None:
         """Target column t's maps (copies, n, L, D) for every sequence that has it."""
         count, length = self.targets.shape[1], self.clean.shape[1]
+        averaged = self.averaged(attribution).detach()
         for i, s in enumerate(self.part):
             own = t - (count - s.targets)
-            if own < 0:
-                continue
-            size = s.ids.shape[0] - 1
-            maps = attribution[:, i, length - size:]
-            if self.options.reduce == "sum":
-                maps = maps.flatten(2).sum(dim=2)
-            elif self.options.reduce == "dot":
-                maps = (maps * self.clean[i, length - size:]).flatten(2).sum(dim=2)
-            self.stats[i][own].update(maps.detach())
+            if own >= 0:
+                self.stats[i][own].update(averaged[:, i, length - (s.ids.shape[0] - 1):])
 
     def result(self, i: int, tokenizer: Any, probability: Tensor, sigma: Tensor, samples: int,
-               *, noisy: bool) -> GenerationResult:
+               *, noisy: bool, precision: Precision | None) -> GenerationResult:
         s, count = self.part[i], self.targets.shape[1]
         mean = torch.stack([stats.aggregate("mean") for stats in self.stats[i]])
         error = torch.stack([stats.stderr("mean") for stats in self.stats[i]])
@@ -297,7 +382,7 @@ class _Stats:
             probability=probability[own].cpu(),
             flip_rate=(self.flips[i, own].double() / samples).float().cpu(), samples=samples,
             sigma=float(sigma), method=self.options.method, reduce=self.options.reduce,
-            score=self.options.score)
+            score=self.options.score, precision=precision)
 
 
 def _continuation_text(tokenizer: Any, s: _Sequence) -> str:

@@ -93,6 +93,8 @@ def _show(args: argparse.Namespace, shown: list[GenerationResult]) -> None:
         for line in result.to_text(args.top).splitlines():
             say(args, "  " + line)
         say(args, "  " + result.caption())
+        if result.precision is not None:
+            say(args, f"  precision: {result.precision}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             lm.module, lm.tokenizer, list(args.texts), max_new_tokens=args.generate,
             continuation=args.continuation, method=args.method, samples=args.samples,
             noise=noise, seed=args.seed, reduce=args.reduce or "norm", score=args.score,
-            batch_size=args.batch_size)
+            batch_size=args.batch_size, fast=args.fast)
     except OptionError as exc:  # a prompt too long for its continuation: name the option
         name, _, rest = str(exc).partition(": ")
         if name not in _OPTIONS:
