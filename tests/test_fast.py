@@ -360,13 +360,14 @@ def test_the_check_estimates_the_final_maps_precision_error() -> None:
 
 def test_copies_share_tensors_and_leave_the_model_alone(bf16: None) -> None:
     """The reduced copy holds only its cast weights (the rest is the model's own tensors),
-    switches eager attention to SDPA in its own config, and the model is left as it was."""
-    model = bert(init=0.2, attention="eager")
+    switches SDPA to eager attention (on a CPU) in its own config, and the model is left as
+    it was."""
+    model = bert(init=0.2, attention="sdpa")
     before = state(model)
     call = text_call(model)
     smoothed(model, call, fast=True)
     assert_same_state(before, state(model))
-    assert model.config._attn_implementation == "eager"
+    assert model.config._attn_implementation == "sdpa"
     subject = prepare(model, call["x"], layer=call["layer"],  # type: ignore[arg-type]
                                 forward_kwargs=call["forward_kwargs"])  # type: ignore[arg-type]
     with guard.explaining(model):
@@ -374,7 +375,7 @@ def test_copies_share_tensors_and_leave_the_model_alone(bf16: None) -> None:
     assert copies.full is subject  # nothing to fold: the model itself
     assert copies.reduced is not None
     copy = copies.reduced.model.inner
-    assert copy.config._attn_implementation == "sdpa"
+    assert copy.config._attn_implementation == "eager"
     assert copies.reduced.layer is copy.get_input_embeddings()
     assert copy.get_input_embeddings().weight is model.get_input_embeddings().weight
     assert fast.reduced_copy(model, torch.bfloat16) is copies.reduced.model  # kept, reusable

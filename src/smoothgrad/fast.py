@@ -154,15 +154,20 @@ def _convert(model: nn.Module, *, channels_last: bool, dtype: torch.dtype | None
             setattr(module, name, made[key])
 
 
-def _to_sdpa(model: nn.Module) -> None:
-    """Switch Hugging Face models inside `model` from eager attention to SDPA where they
-    can (a copy's own config is changed, never the caller's)."""
+def _attention(model: nn.Module, device_type: str) -> None:
+    """Switch Hugging Face models inside `model` between eager attention and SDPA to the one
+    measured faster in a reduced precision: eager on CPUs (BERT-base's bfloat16 passes of
+    input gradients were 1.19× faster at 128 tokens and 1.11× at 512 than with SDPA's CPU
+    flash kernel, whose backward pass dominated; BENCHMARKS.md), SDPA elsewhere. Only a
+    copy's own config is changed, never the caller's; other implementations stay."""
+    wanted = "eager" if device_type == "cpu" else "sdpa"
     for module in model.modules():
         config = getattr(module, "config", None)
         setter = getattr(module, "set_attn_implementation", None)
-        if callable(setter) and getattr(config, "_attn_implementation", None) == "eager":
+        current = getattr(config, "_attn_implementation", None)
+        if callable(setter) and current in ("eager", "sdpa") and current != wanted:
             with contextlib.suppress(ValueError, ImportError, NotImplementedError):
-                setter("sdpa")  # an architecture without an SDPA path stays eager
+                setter(wanted)  # an architecture without that path keeps its own
 
 
 def _named(model: nn.Module, layer: nn.Module | None) -> str | None:
@@ -186,7 +191,7 @@ def _build(model: nn.Module, subject: Subject, *, fold: bool, channels_last: boo
     reduced = dtype not in (torch.float32, torch.float64)
     _convert(inner, channels_last=channels_last, dtype=dtype if reduced else None)
     if reduced:
-        _to_sdpa(inner)  # as reduced_copy
+        _attention(inner, subject.explained.device.type)  # as reduced_copy
     compiled = None
     if compile:
         compiled = torch.compile(inner, mode=compile if isinstance(compile, str) else None)
@@ -345,7 +350,7 @@ def fast_subjects(model: nn.Module, subject: Subject, target: Resolved | None = 
 
     Call it under `guard.explaining(model)`. The copies are kept for the model while its
     parameters and buffers are unchanged; the reduced one is the float32 one with its
-    matrix products and convolutions in `reduced` (and eager attention switched to SDPA).
+    matrix products and convolutions in `reduced` (attention as `_attention` chooses).
     `kept`: where the copies are kept (an explainer's own; None: the process-wide cache).
     """
     copies = _copies(model, subject, target, _CACHE if kept is None else kept)
@@ -365,7 +370,7 @@ _LOWER: weakref.WeakKeyDictionary[nn.Module, dict[Any, tuple[Any, FastModel]]] =
 def reduced_copy(model: nn.Module, dtype: torch.dtype, *,
                  channels_last: bool = False) -> FastModel:
     """`model` with its matrix products and convolutions in `dtype` (their weights cast once,
-    the rest of its tensors shared; eager attention switched to SDPA), kept while the
+    the rest of its tensors shared; eager attention on CPUs, SDPA elsewhere), kept while the
     model's tensors are unchanged.
 
     For a loop of one's own (the generation path): explain the same noisy copies through
@@ -378,7 +383,7 @@ def reduced_copy(model: nn.Module, dtype: torch.dtype, *,
     if (dtype, channels_last) not in kept or kept[dtype, channels_last][0] != key:
         inner = _sharing_copy(model)
         _convert(inner, channels_last=channels_last, dtype=dtype)
-        _to_sdpa(inner)
+        _attention(inner, device)
         kept[dtype, channels_last] = key, FastModel(
             inner, channels_last=channels_last, dtype=dtype, device_type=device).eval()
     return kept[dtype, channels_last][1]
