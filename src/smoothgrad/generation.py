@@ -40,7 +40,7 @@ from smoothgrad.guard import explaining, gradients_on
 from smoothgrad.layers import masked_range, sequence_normal
 from smoothgrad.methods.integrated_gradients import DEFAULT_STEPS
 from smoothgrad.noise import checked_sigma
-from smoothgrad.precision import Precision, check_samples, judge, reduced_dtype
+from smoothgrad.precision import Precision, candidate, check_samples, judge
 from smoothgrad.stats import SampleStats
 from smoothgrad.tokens import REDUCTIONS
 from smoothgrad.tuning import default_batch_size
@@ -286,12 +286,10 @@ def _go_fast(model: nn.Module, forced: Forced, copies: _Copies, run: _Stats, lim
     noisy copies, explained in float32 and through the model's reduced-precision copy. Then
     also the call to run, the statistics (with the reduced copies' first pass when accepted)
     and the copies done; a refusal starts again in float32 (the map `fast=False` makes)."""
-    device = copies.clean.device
-    dtype, why = reduced_dtype(device)
     check = check_samples(limit)
-    if dtype is None or not check:
-        reason = why or f"too few samples ({limit}) to check a lower precision"
-        return Precision("float32", reason), forced, run, 0
+    dtype, why = candidate(copies.clean.device, limit, check)
+    if dtype is None:
+        return Precision("float32", why), forced, run, 0
     lower = reduced_copy(model, dtype)
     fast = Forced.of(lower.inner, forced.mask, forced.targets, forced.score, copies.clean,
                      dtype)

@@ -173,12 +173,10 @@ class _Run:
         first noisy copies accepts it (those copies then count as the call's first samples)."""
         from smoothgrad import fast, precision
 
-        dtype, why = precision.reduced_dtype(self.x.device)
         auto = self.options.samples == "auto"
         check = precision.check_samples(min(self.limit, 100) if auto else self.limit,
                                         antithetic=self.options.antithetic)
-        if dtype is not None and not check:
-            dtype, why = None, f"too few samples ({self.limit}) to check a lower precision"
+        dtype, why = precision.candidate(self.x.device, self.limit, check)
         copies = fast.fast_subjects(model, self.subject, self.target, dtype, kept=self.copies)
         self.subject, self.runner = copies.full, copies.full.model
         if dtype is None or copies.reduced is None:

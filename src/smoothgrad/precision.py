@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["CORRELATION", "ERROR_RATIO", "REMEMBER_BELOW", "Precision", "autocast",
-           "check_samples", "decide", "judge", "pearson", "reduced_dtype"]
+           "candidate", "check_samples", "decide", "judge", "pearson", "reduced_dtype"]
 
 CORRELATION = 0.999
 """The least per-example correlation of the check's reduced-precision map with float32's."""
@@ -123,6 +123,21 @@ def reduced_dtype(device: torch.device) -> tuple[torch.dtype | None, str]:
             return torch.float16, ""
         return None, "not supported: this GPU has no bfloat16 or float16 tensor cores"
     return None, f"not supported on {device.type}"
+
+
+def candidate(device: torch.device, samples: int, check: int
+              ) -> tuple[torch.dtype | None, str]:
+    """(the reduced precision a call of `samples` noisy copies checks, or None; why none):
+    `reduced_dtype(device)`, unless the call has too few samples for a check (`check`, from
+    `check_samples`, is 0).
+
+    >>> candidate(torch.device("meta"), 50, 2)
+    (None, 'not supported on meta')
+    """
+    dtype, why = reduced_dtype(device)
+    if dtype is not None and not check:
+        return None, f"too few samples ({samples}) to check a lower precision"
+    return dtype, why
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[None]:
